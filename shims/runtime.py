@@ -1,0 +1,79 @@
+"""Run an MXNet inference graph on a frame: what `awscam.Model` does on the device."""
+import logging
+
+import cv2
+import mxnet as mx
+import numpy as np
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+class MXNetModel:
+    """An MXNet symbol + params bound once for batch-1 inference on the CPU.
+
+    Input is the resized BGR frame (HxWx3 uint8), as DeepLens code passes it; any
+    normalisation lives inside the graph (design.md, section 1).
+    """
+
+    def __init__(self, symbol_path, params_path, width, height, input_name="data"):
+        self.width, self.height = int(width), int(height)
+        try:
+            symbol = mx.sym.load(str(symbol_path))
+        except Exception as exc:  # MXNet raises its own MXNetError or ValueError
+            raise ModelError(f"cannot load symbol ({exc})", symbol_path) from None
+        try:
+            saved = mx.nd.load(str(params_path))
+        except Exception as exc:
+            raise ModelError(f"cannot load params ({exc})", params_path) from None
+        args, auxs = {}, {}
+        for key, value in saved.items():
+            kind, _, name = key.partition(":")
+            (auxs if kind == "aux" else args)[name if name else kind] = value
+        if input_name not in symbol.list_arguments():
+            raise ModelError(f"graph has no input named '{input_name}'", symbol_path)
+        missing = [a for a in symbol.list_arguments() if a != input_name and a not in args]
+        missing += [a for a in symbol.list_auxiliary_states() if a not in auxs]
+        if missing:
+            raise ModelError(f"params lack {len(missing)} arrays the graph needs, e.g. {missing[0]}", params_path)
+        self.input_name = input_name
+        try:
+            self._exe = symbol.simple_bind(mx.cpu(), grad_req="null", **{input_name: (1, 3, self.height, self.width)})
+        except Exception as exc:
+            raise ModelError(f"graph does not take a 1x3x{self.height}x{self.width} input ({exc})", symbol_path) from None
+        try:
+            self._exe.copy_params_from(args, auxs, allow_extra_params=True)
+        except Exception as exc:
+            raise ModelError(f"params do not fit the graph ({exc})", params_path) from None
+        self.output_names = [n[:-len("_output")] if n.endswith("_output") else n for n in symbol.list_outputs()]
+
+    @classmethod
+    def from_package(cls, pkg):
+        return cls(pkg.symbol_path, pkg.params_path, pkg.width, pkg.height)
+
+    def preprocess(self, frame):
+        """HxWx3 uint8 BGR -> 1x3xHxW float32, resizing when the caller has not."""
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 BGR frame, got shape {getattr(frame, 'shape', None)}")
+        if frame.shape[:2] != (self.height, self.width):
+            frame = cv2.resize(frame, (self.width, self.height))
+        return np.ascontiguousarray(frame.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
+
+    def forward(self, batch):
+        """Run the graph on a 1x3xHxW float32 array; return {output name: numpy array}."""
+        self._exe.arg_dict[self.input_name][:] = batch
+        outputs = self._exe.forward(is_train=False)
+        return {name: out.asnumpy() for name, out in zip(self.output_names, outputs)}
+
+    def infer(self, frame):
+        return self.forward(self.preprocess(frame))
+
+
+def ssd_rows(outputs):
+    """The (N, 6) detection rows `[class, score, xmin, ymin, xmax, ymax]` of an SSD output dict,
+    keeping only rows that were not suppressed (class >= 0), sorted by score."""
+    rows = next(iter(outputs.values()))
+    rows = rows.reshape(-1, rows.shape[-1])
+    rows = rows[rows[:, 0] >= 0]
+    return rows[np.argsort(-rows[:, 1], kind="stable")]

@@ -1,0 +1,27 @@
+"""Settings the shims read from the environment, as a DeepLens Lambda cannot be given arguments.
+
+`deeplens-edge` sets these from its own configuration before it imports Lambda code.
+"""
+import os
+
+DEFAULT_ARTIFACTS = "/opt/awscam/artifacts"
+DEFAULT_CAMERA = "synthetic"
+DEFAULT_FRAME_SIZE = (1920, 1080)
+
+
+def artifacts_dir():
+    """Where models live: `DEEPLENS_ARTIFACTS`, else the device's `/opt/awscam/artifacts`."""
+    return os.environ.get("DEEPLENS_ARTIFACTS") or DEFAULT_ARTIFACTS
+
+
+def camera_spec():
+    return os.environ.get("DEEPLENS_CAMERA") or DEFAULT_CAMERA
+
+
+def broker():
+    """`HOST:PORT` of the MQTT broker the greengrasssdk shim publishes to (empty: none)."""
+    return os.environ.get("DEEPLENS_BROKER", "")
+
+
+def thing_name():
+    return os.environ.get("AWS_IOT_THING_NAME", "deeplens_local")

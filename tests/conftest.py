@@ -1,0 +1,99 @@
+"""Fixtures shared by the whole suite: a real mosquitto broker, a tiny model, free ports."""
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BANKNOTES = REPO.parent / "shared" / "datasets" / "banknotes"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Mosquitto:
+    """Debian's mosquitto on a free loopback port, restartable (same port, same persistence)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.port = free_port()
+        self.proc = None
+        conf = self.folder / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                        f"persistence true\npersistence_location {self.folder}/\n")
+        self.conf = conf
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    if not shutil.which("mosquitto"):
+        pytest.fail("mosquitto is not installed: run `make test`, which installs it")
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def dummy_model(tmp_path_factory):
+    """A random-weight 2-class SSD package (300x300), built once per session in about a second."""
+    from control.ssd import dummy_package
+    folder = tmp_path_factory.mktemp("dummy-model")
+    return dummy_package(folder, name="dummy", num_classes=2, size=300)
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    """An empty artifacts folder that the shims use instead of /opt/awscam/artifacts."""
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    monkeypatch.setenv("DEEPLENS_ARTIFACTS", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _clean_deeplens_env(monkeypatch):
+    """No DEEPLENS_* variable of the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DEEPLENS_") or key == "AWS_IOT_THING_NAME":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def banknotes():
+    if not (BANKNOTES / "sg-manifest.manifest").is_file():
+        pytest.skip(f"the shared banknotes set is not at {BANKNOTES}")
+    return BANKNOTES
