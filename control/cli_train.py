@@ -1,0 +1,3 @@
+"""deeplens-ctl verbs of this group (see control/cli.py)."""
+
+COMMANDS = []
