@@ -201,7 +201,7 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._lock:
             was_connected, self._connected = self._connected, False
-        if was_connected:
+        if was_connected and reason_code.is_failure:  # not after our own disconnect()
             log.warning("MQTT disconnected; reconnecting", extra={"fields": {"broker": self.address, "reason": reason_code}})
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):

@@ -1,0 +1,257 @@
+"""edge.events against a real mosquitto: schema, offline queue, restarts, retained status, will."""
+import inspect
+import json
+import queue
+import subprocess
+import sys
+import time
+import uuid
+
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import REPO, free_port
+from edge import config as config_mod
+from edge.events import NullPublisher, Publisher, detection_event, from_config, legacy_topic, topics
+
+pytestmark = pytest.mark.mosquitto
+SCHEMA = json.loads((REPO / "edge" / "schemas" / "detection-event.schema.json").read_text())
+
+
+class Subscriber:
+    """A paho subscriber; with `session` it keeps a persistent session under a fixed client id,
+    so the broker queues its messages while it (or the broker) is away."""
+
+    def __init__(self, address, topic, session=False):
+        host, _, port = address.rpartition(":")
+        self.messages = queue.Queue()
+        self._subscribed = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+                                  clean_session=not session)
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *args: self._subscribed.put(True)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        self._subscribed.get(timeout=10)
+
+    def take(self, n, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        got = []
+        while len(got) < n:
+            try:
+                got.append(self.messages.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return got
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscribers():
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(Subscriber(*args, **kwargs))
+        return made[-1]
+    yield make
+    for sub in made:
+        sub.close()
+
+
+@pytest.fixture
+def publishers():
+    made = []
+
+    def make(address, **kwargs):
+        host, _, port = address.rpartition(":")
+        made.append(Publisher(host, int(port), "cam1", "deeplens_cam1", **kwargs))
+        made[-1].start()
+        return made[-1]
+    yield make
+    for pub in made:
+        pub.stop()
+
+
+def event(seq):
+    return detection_event(seq, "v1", 4.2, [{"class_id": 1, "label": "note", "score": 0.8, "box": [0.1, 0.2, 0.5, 0.9]}])
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        time.sleep(0.05)
+
+
+def test_events_follow_the_schema(mosquitto, subscribers, publishers):
+    sub = subscribers(mosquitto.address, topics("cam1").detections)
+    pub = publishers(mosquitto.address)
+    wait_until(lambda: pub.stats()["connected"])
+    for seq in range(3):
+        pub.publish_detections(event(seq))
+    got = sub.take(3)
+    assert [json.loads(m.payload)["seq"] for m in got] == [0, 1, 2]
+    for message in got:
+        assert message.topic == "deeplens/cam1/detections" and not message.retain
+        jsonschema.validate(json.loads(message.payload), SCHEMA)
+    wait_until(lambda: pub.stats()["published"] == 3)
+    assert pub.stats() == {"connected": True, "queued": 0, "dropped": 0, "published": 3}
+
+
+def test_schema_refuses_unnormalised_boxes_and_extra_keys():
+    bad_box = event(0)
+    bad_box["detections"][0]["box"] = [10, 20, 300, 290]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad_box, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**event(0), "frame": "..."}, SCHEMA)
+
+
+def test_broker_down_at_start_then_up(mosquitto, subscribers, publishers):
+    sub = subscribers(mosquitto.address, topics("cam1").detections, session=True)
+    mosquitto.stop()
+    pub = publishers(mosquitto.address)
+    for seq in range(5):
+        pub.publish_detections(event(seq))
+    assert pub.stats() == {"connected": False, "queued": 5, "dropped": 0, "published": 0}
+    mosquitto.start()
+    assert [json.loads(m.payload)["seq"] for m in sub.take(5)] == list(range(5))
+    wait_until(lambda: pub.stats()["queued"] == 0)
+
+
+def test_broker_restart_loses_no_event(mosquitto, subscribers, publishers):
+    sub = subscribers(mosquitto.address, topics("cam1").detections, session=True)
+    pub = publishers(mosquitto.address)
+    wait_until(lambda: pub.stats()["connected"])
+    pub.publish_detections(event(0))
+    assert len(sub.take(1)) == 1
+    mosquitto.stop()
+    for seq in range(1, 101):  # at once: the publisher may not even know yet that the broker is gone
+        pub.publish_detections(event(seq))
+    mosquitto.start()
+    got = [json.loads(m.payload)["seq"] for m in sub.take(100, timeout=30)]
+    assert got == list(range(1, 101))
+    wait_until(lambda: pub.stats()["queued"] == 0)
+    assert pub.stats()["dropped"] == 0
+
+
+def test_full_offline_queue_drops_and_counts():
+    pub = Publisher("127.0.0.1", free_port(), "cam1", "deeplens_cam1", queue_limit=5)
+    pub.start()
+    try:
+        for seq in range(12):
+            pub.publish_detections(event(seq))
+        assert pub.stats() == {"connected": False, "queued": 5, "dropped": 7, "published": 0}
+    finally:
+        pub.stop()
+
+
+PUBLISHER_SCRIPT = """
+import sys, time
+from edge.events import Publisher
+pub = Publisher("127.0.0.1", int(sys.argv[1]), "cam1", "deeplens_cam1")
+pub.start()
+pub.publish_status({"fps": 12.5})
+while pub.stats()["published"] < 1:
+    time.sleep(0.05)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def retained_status(address):
+    """What a subscriber arriving now sees on the status topic."""
+    sub = Subscriber(address, topics("cam1").status)
+    try:
+        (message,) = sub.take(1, timeout=5)
+    finally:
+        sub.close()
+    assert message.retain
+    return json.loads(message.payload)
+
+
+def test_retained_status_and_last_will_after_kill_9(mosquitto):
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER_SCRIPT, str(mosquitto.port)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert retained_status(mosquitto.address) == {"fps": 12.5, "state": "online"}
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_until(lambda: retained_status(mosquitto.address) == {"state": "offline"})
+
+
+def test_stop_says_offline(mosquitto, publishers):
+    pub = publishers(mosquitto.address)
+    pub.publish_status({"fps": 3})
+    wait_until(lambda: pub.stats()["published"] >= 1)  # twice if it was queued before connecting
+    pub.stop()
+    assert retained_status(mosquitto.address) == {"state": "offline"}
+
+
+def test_threshold_command_survives_bad_input_and_reconnects(mosquitto, publishers, caplog):
+    received = queue.Queue()
+
+    def on_threshold(body):
+        if body.get("boom"):
+            raise RuntimeError("callback failed")
+        received.put(body)
+    pub = publishers(mosquitto.address)
+    pub.on_command("threshold/set", on_threshold)
+    wait_until(lambda: pub.stats()["connected"])
+    time.sleep(0.3)  # let the SUBACK arrive
+
+    def send(payload):
+        host, _, port = mosquitto.address.rpartition(":")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect(host, int(port))
+        client.loop_start()
+        client.publish("deeplens/cam1/threshold/set", payload, qos=1).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+
+    send(b"{not json")
+    send(json.dumps({"boom": True}))
+    send(json.dumps({"default": 0.6}))
+    assert received.get(timeout=5) == {"default": 0.6}
+    assert "malformed MQTT command" in caplog.text and "MQTT command failed" in caplog.text
+    mosquitto.stop()
+    mosquitto.start()
+    wait_until(lambda: pub.stats()["connected"], timeout=15)
+    time.sleep(0.3)
+    send(json.dumps({"per_class": {"note": 0.7}}))
+    assert received.get(timeout=5) == {"per_class": {"note": 0.7}}
+
+
+def test_legacy_topic_only_when_enabled(mosquitto, subscribers, publishers):
+    sub = subscribers(mosquitto.address, "$aws/things/+/infer")
+    off = publishers(mosquitto.address)
+    on = publishers(mosquitto.address, legacy=True, client_id="legacy-on")
+    wait_until(lambda: off.stats()["connected"] and on.stats()["connected"])
+    off.publish_legacy({"off": 0.9})
+    on.publish_legacy({"note": 0.8})
+    got = sub.take(2, timeout=3)
+    assert [(m.topic, json.loads(m.payload)) for m in got] == [(legacy_topic("deeplens_cam1"), {"note": 0.8})]
+
+
+def test_null_publisher_has_the_same_interface():
+    public = {name for name in vars(Publisher) if not name.startswith("_")}
+    for name in public:
+        assert inspect.signature(getattr(NullPublisher, name)) == inspect.signature(getattr(Publisher, name)), name
+    assert NullPublisher().stats() == {"connected": False, "queued": 0, "dropped": 0, "published": 0}
+
+
+def test_from_config():
+    config = config_mod.load(env={}, overrides={"device_id": "cam9", "legacy_topic": True, "mqtt_queue": 7})
+    assert isinstance(from_config(config, None), NullPublisher)
+    pub = from_config(config, "127.0.0.1:1883")
+    assert pub.topics.detections == "deeplens/cam9/detections"
+    assert pub.legacy_topic == "$aws/things/deeplens_cam9/infer"
