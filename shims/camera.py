@@ -340,7 +340,9 @@ class SyntheticCamera(Source):
         self.table = _wood_table(rng, width, height)
         self._noise = rng.integers(0, 7, (height + ROLL_ROWS, width, 3), dtype=np.uint8)
         notes = [(_note_texture(0, side), _note_texture(1, side)) for side in (0, 1)]
-        self._tracks = [_Track(rng, k, objects, width, height, notes) for k in range(objects)]
+        first_class = int(rng.integers(len(CLASSES)))  # alternate classes so each scene has both
+        self._tracks = [_Track(rng, (first_class + k) % len(CLASSES), k, objects, width, height, notes)
+                        for k in range(objects)]
         self._index = 0
         self._last_truth = []
 
@@ -370,12 +372,13 @@ class SyntheticCamera(Source):
 class _Track:
     """One note's cycle: slides in from outside, rests and drifts, slides out; repeats."""
 
-    def __init__(self, rng, slot, slots, width, height, notes):
-        self.class_id = int(rng.integers(len(CLASSES)))
+    def __init__(self, rng, class_id, slot, slots, width, height, notes):
+        self.class_id = class_id
         texture = notes[int(rng.integers(2))][self.class_id]
         note_w = int(width * rng.uniform(0.16, 0.26))
         note = cv2.resize(texture, (note_w, max(1, round(note_w / NOTE_ASPECT))), interpolation=cv2.INTER_AREA)
         self.sprite, self.mask = _rotated(note, rng.uniform(-40, 40))
+        self.area = int(self.mask.sum())
         sprite_h, sprite_w = self.mask.shape
         rest = np.array([(slot + rng.uniform(0.3, 0.7)) / slots * width, rng.uniform(0.3, 0.7) * height])
         drift = rng.uniform(-0.05, 0.05, 2) * (width, height)
@@ -393,8 +396,8 @@ class _Track:
         return self.points[-1]
 
     def paste(self, image, index):
-        """Paste this note into `image`; return its box clipped to the frame, or None when it is
-        mostly (over half) outside."""
+        """Paste this note into `image`; return the box of its visible part, or None when it is
+        mostly (over half) outside the frame."""
         height, width = image.shape[:2]
         sprite_h, sprite_w = self.mask.shape
         cx, cy = self.centre(index)
@@ -404,10 +407,14 @@ class _Track:
         if cx1 <= cx0 or cy1 <= cy0:
             return None
         crop = np.s_[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-        np.copyto(image[cy0:cy1, cx0:cx1], self.sprite[crop], where=self.mask[crop][..., None])
-        if (cx1 - cx0) * (cy1 - cy0) < 0.5 * sprite_w * sprite_h:
+        visible = self.mask[crop]
+        np.copyto(image[cy0:cy1, cx0:cx1], self.sprite[crop], where=visible[..., None])
+        if visible.shape == self.mask.shape:
+            return [cx0, cy0, cx1, cy1]
+        if visible.sum() < 0.5 * self.area:
             return None
-        return [cx0, cy0, cx1, cy1]
+        rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+        return [cx0 + int(cols[0]), cy0 + int(rows[0]), cx0 + int(cols[-1]) + 1, cy0 + int(rows[-1]) + 1]
 
 
 def _outside(rng, edge, width, height, sprite_w, sprite_h):
@@ -424,7 +431,8 @@ def _rotated(image, degrees):
     cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
     out_w, out_h = int(math.ceil(w * cos + h * sin)), int(math.ceil(w * sin + h * cos))
     matrix[:, 2] += (out_w - w) / 2, (out_h - h) / 2
-    sprite = cv2.warpAffine(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR)
+    # Replicated borders keep the edge pixels note-coloured rather than blended with black.
+    sprite = cv2.warpAffine(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mask = cv2.warpAffine(np.full((h, w), 255, np.uint8), matrix, (out_w, out_h), flags=cv2.INTER_LINEAR) > 127
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     crop = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
@@ -486,7 +494,8 @@ class FrameGrabber:
 
     When reads keep failing or the source disappears it reports disconnected and reopens it
     with a capped exponential backoff; the thread never dies of a source error. Frames get a
-    `seq` that keeps increasing across reconnects.
+    `seq` that keeps increasing across reconnects; `failures` in state() counts the reads that
+    gave no frame and the opens that failed.
     """
 
     def __init__(self, spec_or_source, failures_to_reconnect=10, backoff=(0.5, 5.0)):
@@ -549,8 +558,7 @@ class FrameGrabber:
         delay = self.backoff[0]
         while not self._stopping.is_set():
             try:
-                self.source.open()
-                self._connected, self._error = True, None
+                self._open_source()
                 for _ in self._read_frames():
                     delay = self.backoff[0]
             except Exception as exc:  # any source error: report it and reopen, never die
@@ -563,6 +571,14 @@ class FrameGrabber:
             delay = min(delay * 2, self.backoff[1])
         self._connected = False
 
+    def _open_source(self):
+        try:
+            self.source.open()
+        except Exception:
+            self._failures += 1
+            raise
+        self._connected, self._error = True, None
+
     def _read_frames(self):
         """Read until stopped, yielding after each good frame; raise CameraError when reads keep
         failing."""
@@ -573,7 +589,11 @@ class FrameGrabber:
                 if self._stopping.wait(max(0.0, due - time.monotonic())):
                     return
                 due = max(due + period, time.monotonic() - period)
-            frame = self.source.read()
+            try:
+                frame = self.source.read()
+            except Exception:
+                self._failures += 1
+                raise
             if frame is None:
                 self._failures += 1
                 misses += 1
