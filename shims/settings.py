@@ -18,6 +18,12 @@ def camera_spec():
     return os.environ.get("DEEPLENS_CAMERA") or DEFAULT_CAMERA
 
 
+def frame_size():
+    """`DEEPLENS_FRAME_SIZE` as `WIDTHxHEIGHT` (e.g. `1280x720`); empty: the camera's own size,
+    DEFAULT_FRAME_SIZE for the synthetic camera."""
+    return os.environ.get("DEEPLENS_FRAME_SIZE", "")
+
+
 def broker():
     """`HOST:PORT` of the MQTT broker the greengrasssdk shim publishes to (empty: none)."""
     return os.environ.get("DEEPLENS_BROKER", "")
