@@ -39,6 +39,8 @@ DEFAULT_FPS = 24.0
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # The colour a broken MJPEG decode leaves on a DeepLens: YUV (0, 0, 0) shown as BGR.
 DECODE_GREEN = (0, 135, 0)
+# A stream that stalls fails a read after 5 s instead of blocking the grabber (and stop()).
+CAPTURE_TIMEOUTS = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +244,7 @@ class CaptureSource(Source):
     def open(self):
         if self.loop and not os.path.isfile(self.target):
             raise CameraError(f"video file not found: {self.target}")
-        capture = cv2.VideoCapture(self.target)
+        capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, CAPTURE_TIMEOUTS)
         if not capture.isOpened():
             capture.release()
             raise CameraError(f"cannot open {self.target!r}")
@@ -273,7 +275,7 @@ class CaptureSource(Source):
 class FaultySource(Source):
     """Wraps a source and, with the given probabilities, breaks its frames the way a real
     DeepLens stream does: `band` (the bottom 10-60% one flat colour, a partial MJPEG decode),
-    `black`, `freeze` (the previous image again) and `drop` (a failed read)."""
+    `black`, `freeze` (the image last returned, again) and `drop` (a failed read)."""
 
     def __init__(self, source, faults, seed=0):
         unknown = set(faults) - set(FAULTS)
@@ -301,19 +303,18 @@ class FaultySource(Source):
                 fault = name
                 break
             draw -= prob
-        previous, self._previous = self._previous, frame
         if fault == "drop":
             return None
         if fault == "black":
-            return dataclasses.replace(frame, image=np.zeros_like(frame.image), truth=None, fault=fault)
-        if fault == "band":
+            frame = dataclasses.replace(frame, image=np.zeros_like(frame.image), truth=None, fault=fault)
+        elif fault == "band":
             image = frame.image.copy()
             top = int(image.shape[0] * (1 - self._rng.uniform(0.1, 0.6)))
             image[top:] = DECODE_GREEN if self._rng.random() < 0.5 else self._rng.integers(0, 256, 3)
-            return dataclasses.replace(frame, image=image, truth=None, fault=fault)
-        if fault == "freeze" and previous is not None:
-            self._previous = previous
-            return dataclasses.replace(frame, image=previous.image, truth=previous.truth, fault=fault)
+            frame = dataclasses.replace(frame, image=image, truth=None, fault=fault)
+        elif fault == "freeze" and self._previous is not None:
+            frame = dataclasses.replace(frame, image=self._previous.image, truth=self._previous.truth, fault=fault)
+        self._previous = frame
         return frame
 
 
