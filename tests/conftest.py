@@ -93,6 +93,22 @@ def _clean_deeplens_env(monkeypatch):
 
 
 @pytest.fixture
+def edge_service(tmp_path):
+    """Start `deeplens-edge serve` with extra arguments: `edge_service('--camera', 'synthetic')`."""
+    from edge_service import EdgeService
+    started = []
+
+    def start(*args, env=None):
+        service = EdgeService(tmp_path, *args, env=env).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
 def banknotes():
     if not (BANKNOTES / "sg-manifest.manifest").is_file():
         pytest.skip(f"the shared banknotes set is not at {BANKNOTES}")

@@ -1,0 +1,23 @@
+"""GET/PUT /threshold: the live detection threshold (default and per class)."""
+from flask import Blueprint, jsonify, request
+
+from ..errors import ApiError
+from . import runtime
+
+blueprint = Blueprint("threshold", __name__)
+
+
+@blueprint.get("/threshold")
+def get_threshold():
+    return jsonify(runtime().threshold.to_json())
+
+
+@blueprint.put("/threshold")
+def put_threshold():
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "invalid_json", 'send a JSON body like {"default": 0.4, "per_class": {"name": 0.6}}')
+    rt = runtime()
+    doc = rt.threshold.update(body)
+    rt.publish_status()
+    return jsonify(doc)

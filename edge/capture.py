@@ -1,0 +1,65 @@
+"""Clean training frames: fresh from the camera, taken before any drawing, broken ones refused.
+
+A frame is refused when edge.quality finds it broken (a flat band from a half-decoded
+MJPEG frame, a black frame, or, for live sources, the previous frame again). The caller
+gets the first clean frame newer than its request, or NoCleanFrame with the reasons.
+"""
+import collections
+import time
+
+import cv2
+
+from .quality import check_frame
+
+FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
+
+
+class NoCleanFrame(Exception):
+    def __init__(self, deadline, rejected):
+        self.rejected = dict(rejected)
+        why = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.rejected.items())) or "the camera sent none"
+        super().__init__(f"no clean frame within {deadline:g} s ({why})")
+
+
+def grab_clean(grabber, deadline, live=True):
+    """The first clean frame that starts after this call; refuses broken ones until `deadline` s."""
+    end = time.monotonic() + deadline
+    rejected = collections.Counter()
+    previous = grabber.latest()
+    after = previous.seq if previous else -1
+    while True:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise NoCleanFrame(deadline, rejected)
+        frame = grabber.wait_next(after, timeout=remaining)
+        if frame is None:
+            continue
+        reason = check_frame(frame.image, previous.image if live and previous else None)
+        if reason is None:
+            return frame, rejected
+        rejected[reason] += 1
+        previous, after = frame, frame.seq
+
+
+def shape(image, crop=None, size=None):
+    """Crop (`square`: the centre square, as DeepLens capture code does) then resize so the longer side is `size`."""
+    if crop == "square":
+        height, width = image.shape[:2]
+        side = min(height, width)
+        y, x = (height - side) // 2, (width - side) // 2
+        image = image[y:y + side, x:x + side]
+    if size:
+        height, width = image.shape[:2]
+        scale = size / max(height, width)
+        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    return image
+
+
+def encode(image, fmt="jpeg", quality=95):
+    extension, _ = FORMATS[fmt]
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(extension, image, params)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.shape} frame as {fmt}")
+    return data.tobytes()

@@ -1,0 +1,219 @@
+"""The edge service's settings: defaults, then a YAML file, then DEEPLENS_* variables, then flags.
+
+Every setting is declared once in SETTINGS with its type, default and help; the CLI builds its
+flags from the same table, so a setting cannot be documented in one place and missing in another.
+Errors name the key, the bad value and where it came from (file and line, variable, or flag).
+"""
+import dataclasses
+import difflib
+import os
+import socket
+from pathlib import Path
+
+import yaml
+
+from shims.camera import parse_spec
+from shims.errors import CameraError
+from shims.settings import DEFAULT_ARTIFACTS, DEFAULT_CAMERA
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: type
+    default: object
+    help: str
+    check: object = None  # callable(value) -> error sentence or None
+
+
+def _port(value):
+    return None if 0 <= value <= 65535 else "must be a TCP port, 0..65535"
+
+
+def _unit(value):
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
+
+
+def _positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value):
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _size(value):
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        return "must be WIDTHxHEIGHT, e.g. 1920x1080"
+    return None if width > 0 and height > 0 else "must be WIDTHxHEIGHT, e.g. 1920x1080"
+
+
+def _broker(value):
+    if value in ("embedded", "none"):
+        return None
+    host, _, port = value.rpartition(":")
+    return None if host and port.isdigit() else "must be HOST:PORT, 'embedded' or 'none'"
+
+
+def _camera(value):
+    try:
+        parse_spec(value)
+    except CameraError as exc:
+        return f"is not a camera spec ({exc})"
+    return None
+
+
+def _level(value):
+    return None if value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR") else "must be debug, info, warning or error"
+
+
+SETTINGS = [
+    Setting("host", str, "127.0.0.1", "Address the REST API listens on (0.0.0.0 for the whole network)."),
+    Setting("port", int, 8080, "Port of the REST API.", _port),
+    Setting("camera", str, DEFAULT_CAMERA, "Camera spec: synthetic[:SEED], folder:PATH, video:PATH, webcam:INDEX or url:URL, "
+            "with options ?size=WxH&fps=N&faults=band:P,black:P,freeze:P,drop:P.", _camera),
+    Setting("frame_size", str, "1920x1080", "Size of synthetic frames, WIDTHxHEIGHT.", _size),
+    Setting("artifacts", str, DEFAULT_ARTIFACTS, "Model folder (the device's /opt/awscam/artifacts)."),
+    Setting("model", str, "", "Model to run: a package folder or a name in the artifacts folder (default: the newest there)."),
+    Setting("crop", str, "center", "How frames meet the model's input: 'center' crops to its aspect ratio "
+            "(as /capture?crop=square does for training frames), 'stretch' resizes the whole frame.",
+            lambda v: None if v in ("center", "stretch") else "must be 'center' or 'stretch'"),
+    Setting("state_dir", str, "", "Where settings changed at run time are kept (default: $STATE_DIRECTORY or ~/.local/state/deeplens-edge)."),
+    Setting("device_id", str, "", "Device name used in MQTT topics (default: this host's name)."),
+    Setting("thing_name", str, "", "AWS IoT thing name for the legacy topic (default: $AWS_IOT_THING_NAME or deeplens_<device_id>)."),
+    Setting("broker", str, "embedded", "MQTT broker: HOST:PORT, 'embedded' (start one here) or 'none'.", _broker),
+    Setting("mqtt_username", str, "", "MQTT user name."),
+    Setting("mqtt_password", str, "", "MQTT password."),
+    Setting("mqtt_tls", bool, False, "Connect to the broker over TLS."),
+    Setting("mqtt_ca_file", str, "", "CA bundle for MQTT over TLS (default: the system's)."),
+    Setting("mqtt_queue", int, 1000, "Events kept while the broker is away; older ones are dropped and counted.", _positive),
+    Setting("legacy_topic", bool, False, "Also publish {label: prob} on $aws/things/<thing>/infer, as DeepLens did."),
+    Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
+    Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
+    Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
+    Setting("token", str, "", "Bearer token required by mutating model-store endpoints."),
+    Setting("log_level", str, "warning", "Log level: debug, info, warning or error.", _level),
+]
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Validated settings, one attribute per entry of SETTINGS."""
+    values: dict
+
+    def __getattr__(self, key):
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def frame_dims(self):
+        width, height = (int(v) for v in self.frame_size.lower().split("x"))
+        return width, height
+
+    @property
+    def state_path(self):
+        folder = self.state_dir or os.environ.get("STATE_DIRECTORY") or "~/.local/state/deeplens-edge"
+        return Path(folder).expanduser()
+
+    @property
+    def device(self):
+        return self.device_id or socket.gethostname().split(".")[0]
+
+    @property
+    def thing(self):
+        return self.thing_name or os.environ.get("AWS_IOT_THING_NAME") or f"deeplens_{self.device}"
+
+    def replace(self, **changes):
+        return load(overrides=changes, base=self)
+
+
+def _coerce(setting, raw, source):
+    """Turn a value from YAML, the environment or a flag into the setting's type."""
+    try:
+        if setting.kind is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off", ""):
+                value = False
+            else:
+                raise ValueError
+        elif setting.kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw)
+        elif setting.kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            if isinstance(raw, (dict, list)):
+                raise ValueError
+            value = "" if raw is None else str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: '{setting.key}' must be {setting.kind.__name__}, got {raw!r}") from None
+    problem = setting.check(value) if setting.check else None
+    if problem:
+        raise ConfigError(f"{source}: '{setting.key}' {problem}, got {raw!r}")
+    return value
+
+
+def _unknown(key, source):
+    close = difflib.get_close_matches(key, BY_KEY, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(BY_KEY)}"
+    return ConfigError(f"{source}: unknown setting '{key}'{hint}")
+
+
+def read_file(path):
+    """{key: (value, 'file:line')} from a YAML mapping, line numbers kept for error messages."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: the config file must be a mapping of key: value")
+    values = {}
+    for key_node, value_node in root.value:
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        key = key_node.value.replace("-", "_")
+        if key not in BY_KEY:
+            raise _unknown(key, where)
+        values[key] = (yaml.safe_load(yaml.serialize(value_node)), where)
+    return values
+
+
+def load(config_file=None, env=None, overrides=None, base=None):
+    """Build a Config: `base` (or defaults) < config file < DEEPLENS_* env < `overrides` (flags)."""
+    env = os.environ if env is None else env
+    values = dict(base.values) if base else {s.key: s.default for s in SETTINGS}
+    layers = []
+    if config_file:
+        layers.append(read_file(config_file))
+    layers.append({key[len("DEEPLENS_"):].lower(): (raw, f"environment variable {key}")
+                   for key, raw in env.items() if key.startswith("DEEPLENS_") and key != "DEEPLENS_CONFIG"})
+    layers.append({key: (raw, f"option --{key.replace('_', '-')}")
+                   for key, raw in (overrides or {}).items() if raw is not None})
+    for layer in layers:
+        for key, (raw, source) in layer.items():
+            if key not in BY_KEY:
+                if source.startswith("environment"):
+                    continue  # DEEPLENS_* variables of other tools are not ours to refuse
+                raise _unknown(key, source)
+            values[key] = _coerce(BY_KEY[key], raw, source)
+    return Config(values)

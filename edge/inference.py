@@ -1,0 +1,93 @@
+"""The inference loop: camera -> detector -> threshold -> MQTT event, in its own thread.
+
+The REST API never waits on it: it reads the loop's latest result and counters. The detector
+is read once per frame from `self.detector`, so replacing that attribute swaps the model
+between two frames.
+"""
+import logging
+import threading
+import time
+
+from . import systemd
+from .stats import Rate, Rolling
+
+log = logging.getLogger(__name__)
+STAGES = ("grab", "preprocess", "infer", "postprocess", "publish")
+
+
+class Result:
+    """What the loop saw last: the raw frame, its kept detections, and which model produced them."""
+    __slots__ = ("frame", "detections", "model_version")
+
+    def __init__(self, frame, detections, model_version):
+        self.frame, self.detections, self.model_version = frame, detections, model_version
+
+
+class InferenceLoop(threading.Thread):
+    def __init__(self, grabber, threshold, publisher, detector=None, max_event_rate=0.0):
+        super().__init__(name="inference", daemon=True)
+        self.grabber, self.threshold, self.publisher = grabber, threshold, publisher
+        self.detector = detector
+        self.min_event_gap = 1.0 / max_event_rate if max_event_rate > 0 else 0.0
+        self.latest = None
+        self.frames_processed = 0
+        self.frames_dropped = 0
+        self.events_published = 0
+        self.errors = 0
+        self.fps = Rate()
+        self.stage_ms = {stage: Rolling() for stage in STAGES}
+        self._stop_event = threading.Event()
+        self._last_event_at = 0.0
+
+    def stop(self, timeout=5.0):
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def run(self):
+        last_seq = -1
+        while not self._stop_event.is_set():
+            systemd.notify("WATCHDOG=1")
+            start = time.perf_counter()
+            frame = self.grabber.wait_next(last_seq, timeout=0.5)
+            if frame is None:
+                continue
+            if last_seq >= 0 and frame.seq > last_seq + 1:
+                self.frames_dropped += frame.seq - last_seq - 1
+            last_seq = frame.seq
+            grabbed = time.perf_counter()
+            try:
+                self._process(frame, start, grabbed)
+            except Exception:  # a bad frame or model must not stop the loop
+                self.errors += 1
+                log.exception("inference failed", extra={"fields": {"seq": frame.seq}})
+
+    def _process(self, frame, start, grabbed):
+        detector = self.detector
+        if detector is None:  # capture-only: no model to run
+            self.latest = Result(frame, [], None)
+            self.fps.tick()
+            return
+        timings = {"grab": (grabbed - start) * 1000}
+        batch, region = detector.preprocess(frame.image)
+        t1 = time.perf_counter()
+        outputs = detector.infer(batch)
+        t2 = time.perf_counter()
+        height, width = frame.image.shape[:2]
+        detections = detector.postprocess(outputs, region, (width, height))
+        kept = [d for d in detections if self.threshold.passes(d["label"], d["score"])]
+        t3 = time.perf_counter()
+        timings.update(preprocess=(t1 - grabbed) * 1000, infer=(t2 - t1) * 1000, postprocess=(t3 - t2) * 1000)
+        self.latest = Result(frame, kept, detector.version)
+        if kept and t3 - self._last_event_at >= self.min_event_gap:
+            self._last_event_at = t3
+            self.publisher.publish_detections({
+                "ts": frame.ts, "seq": frame.seq, "model_version": detector.version,
+                "inference_ms": round(timings["infer"], 3), "detections": kept})
+            self.publisher.publish_legacy({d["label"]: d["score"] for d in reversed(kept)})
+            self.events_published += 1
+        timings["publish"] = (time.perf_counter() - t3) * 1000
+        for stage, ms in timings.items():
+            self.stage_ms[stage].add(ms)
+        self.frames_processed += 1
+        self.fps.tick()

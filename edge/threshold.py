@@ -1,0 +1,76 @@
+"""The detection threshold: a default plus optional per-class values, changed live and kept.
+
+Set through PUT /threshold or the MQTT `threshold/set` command; applied from the next frame;
+written atomically to the state folder so it survives a restart (and a power loss mid-write).
+"""
+import json
+import logging
+import threading
+
+from shims.fileio import atomic_write_text
+
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+FILENAME = "threshold.json"
+
+
+def _score(value, field):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ApiError(400, "invalid_threshold", f"{field} must be a number between 0 and 1, got {value!r}", field)
+    return float(value)
+
+
+def parse(body, current_default):
+    """Validate a threshold document; returns (default, per_class). Raises ApiError naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_threshold", "the body must be a JSON object like "
+                       '{"default": 0.4, "per_class": {"name": 0.6}}')
+    unknown = set(body) - {"default", "per_class"}
+    if unknown:
+        field = sorted(unknown)[0]
+        raise ApiError(400, "unknown_field", f"unknown field '{field}'; use 'default' and 'per_class'", field)
+    default = _score(body["default"], "default") if "default" in body else current_default
+    per_class = body.get("per_class", {})
+    if not isinstance(per_class, dict):
+        raise ApiError(400, "invalid_threshold", "per_class must map class names to thresholds", "per_class")
+    return default, {str(name): _score(v, f"per_class.{name}") for name, v in per_class.items()}
+
+
+class Threshold:
+    """Thread-safe: the inference loop reads it on every frame while the API changes it."""
+
+    def __init__(self, state_dir, default):
+        self.path = state_dir / FILENAME
+        self._lock = threading.Lock()
+        self.default, self.per_class = float(default), {}
+        self._load()
+
+    def _load(self):
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            self.default, self.per_class = parse(saved, self.default)
+        except FileNotFoundError:
+            return
+        except (ValueError, ApiError) as exc:
+            log.warning("ignoring saved threshold", extra={"fields": {"path": self.path, "error": exc}})
+
+    def to_json(self):
+        with self._lock:
+            return {"default": self.default, "per_class": dict(self.per_class)}
+
+    def update(self, body):
+        """Apply a PUT/MQTT document; a field left out keeps its current value."""
+        with self._lock:
+            default, per_class = parse(body, self.default)
+            self.default = default
+            if "per_class" in body:
+                self.per_class = per_class
+            doc = {"default": self.default, "per_class": dict(self.per_class)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(doc, indent=2) + "\n")
+        log.info("threshold changed", extra={"fields": doc})
+        return doc
+
+    def passes(self, label, score):
+        return score >= self.per_class.get(label, self.default)

@@ -1,0 +1,67 @@
+"""Run `deeplens-edge serve` as a real process on a free port, for tests and benchmarks."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from conftest import free_port
+
+
+class EdgeService:
+    def __init__(self, tmp_path, *args, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"edge-{self.port}.log"
+        self.args = ["--port", str(self.port), "--state-dir", str(tmp_path / "state"), "--device-id", "testcam",
+                     *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc = None
+
+    def start(self, timeout=30):
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", *self.args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"deeplens-edge exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/health", timeout=0.5).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise TimeoutError(f"deeplens-edge did not answer within {timeout}s:\n{self.log()}")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self._log.close()
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path, **kwargs):
+        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def put(self, path, **kwargs):
+        return requests.put(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def wait_status(self, predicate, timeout=15):
+        """Poll /status until `predicate(doc)` holds; returns the doc."""
+        deadline = time.monotonic() + timeout
+        doc = None
+        while time.monotonic() < deadline:
+            doc = self.get("/status").json()
+            if predicate(doc):
+                return doc
+            time.sleep(0.1)
+        raise AssertionError(f"status never matched within {timeout}s; last: {doc}")
