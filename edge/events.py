@@ -11,7 +11,6 @@ queue refuses new ones, and those are counted as dropped.
 import dataclasses
 import json
 import logging
-import ssl
 import threading
 import time
 
@@ -103,7 +102,7 @@ class Publisher:
         if username:
             self._client.username_pw_set(username, password or None)
         if tls:
-            self._client.tls_set(ca_certs=ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_set(ca_certs=ca_file or None)  # verifies the broker's certificate
         self._client.max_queued_messages_set(queue_limit)
         self._client.reconnect_delay_set(*RECONNECT_DELAY)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
