@@ -1,4 +1,6 @@
 """Readers and writers looked up by format key; an unknown key lists the valid ones."""
+import os
+
 from . import readers, sagemaker, writers
 from .collect import Collector
 from .model import DatasetError
@@ -39,7 +41,7 @@ def read(format, paths, class_names=None, images_root=None, strict=False, attrib
     """
     reader = _lookup(READERS, format, "input")
     collector = Collector(class_names, images_root)
-    for path in [paths] if isinstance(paths, str) else paths:
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         try:
             reader(collector, str(path), attribute=attribute)
         except OSError as exc:

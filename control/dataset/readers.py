@@ -159,6 +159,8 @@ def read_yolo(collector, path, **_):
         raise DatasetError(f"{path}: no images found (images.txt, train.txt or an images/ folder)")
     if names is None:
         collector.reserve_ids(_max_yolo_id(path))
+    else:
+        collector.adopt(names[i] for i in sorted(names))
     common = os.path.commonpath([os.path.dirname(p) for p in images])
     for image in images:
         stem = os.path.splitext(os.path.relpath(image, common))[0]
@@ -279,6 +281,8 @@ def read_recordio(collector, path, **_):
             rows.append((number, parts[-1], objects))
     if names is None:
         collector.reserve_ids(max((int(o[0]) for _, _, objs in rows for o in objs), default=-1))
+    else:
+        collector.adopt(names[i] for i in sorted(names))
 
     def boxes_of(objects):
         def boxes(width, height):

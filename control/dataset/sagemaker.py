@@ -8,7 +8,6 @@ means a damaged file: nothing is imported); validate lists every problem instead
 import datetime
 import json
 import os
-from collections import Counter
 
 from shims.fileio import atomic_open
 
@@ -165,20 +164,24 @@ def write(dataset, out, attribute=DEFAULT_ATTRIBUTE, s3_prefix=None, images_root
 def validate(collector, path, attribute=None, check_pixels=True, progress=None):
     """Every problem of a manifest: structure, images, sizes, boxes, class ids, broken frames.
 
-    `progress` wraps the per-image loop (a click progress bar). Returns the problems.
+    `progress` wraps the per-image loop (a click progress bar). Returns the problems by line.
     """
     added = collect(collector, path, attribute, strict_structure=False)
     if any(record.names is None for record, _ in added) and not collector.classes.fixed:
         first = next(record for record, _ in added if record.names is None)
         collector.problem("warning", path, first.line, f"{first.attribute}-metadata",
                           "no class-map: class ids have no names (pass --class-map to name them)")
-    refs = Counter(record.ref for record, _ in added)
+    lines = {}
+    for record, _ in added:
+        lines.setdefault(record.ref, []).append(record.line)
+    for ref, numbers in lines.items():
+        if len(numbers) > 1:
+            collector.problem("warning", path, numbers[0], "source-ref",
+                              f"{ref} is listed {len(numbers)} times (lines {', '.join(map(str, numbers))})")
     for record, image in (progress or (lambda items: items))(added):
-        if refs[record.ref] > 1:
-            collector.problem("warning", path, record.line, "source-ref", f"{record.ref} is listed {refs[record.ref]} times")
         if image.path:
             _check_file(collector, path, record, image, check_pixels)
-    return collector.problems
+    return sorted(collector.problems, key=lambda p: p.line or 0)
 
 
 def _check_file(collector, path, record, image, check_pixels):
