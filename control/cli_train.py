@@ -1,3 +1,193 @@
-"""deeplens-ctl verbs of this group (see control/cli.py)."""
+"""deeplens-ctl verbs of this group (see control/cli.py): train, evaluate, predict,
+import-sagemaker, model dummy. Thin: parse, call control.train, print. MXNet is imported
+inside the verbs so that `--help` and the other groups do not pay for it."""
+import dataclasses
+import functools
+import json
+from pathlib import Path
 
-COMMANDS = []
+import click
+
+from shims.errors import ModelError
+
+from .train import TrainError
+from .train.config import FLIPS, TrainConfig
+
+D = TrainConfig()
+
+
+def user_errors(func):
+    """A bad manifest, model folder or run as one sentence, not a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (TrainError, ModelError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def names(text):
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def echo_json(data):
+    click.echo(json.dumps(data, default=str))
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--val", "val_manifest", type=click.Path(exists=True, dir_okay=False),
+              help="Validation manifest (split it group-aware: `manifest split`). Default: the training set.")
+@click.option("--name", default=D.name, show_default=True, help="Run folder runs/<name>/ and the package name.")
+@click.option("--arch", default=D.arch, show_default=True, help="mobilenet (fast default), resnet (larger), tiny.")
+@click.option("--size", type=int, default=D.size, show_default=True, help="Input width and height.")
+@click.option("--epochs", type=int, default=D.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=D.batch_size, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=D.optimizer, show_default=True)
+@click.option("--lr", type=float, default=D.lr, show_default=True, help="Peak learning rate (warm-up, then cosine).")
+@click.option("--time-budget", type=float, default=D.time_budget, show_default=True,
+              help="Minutes of training at most (0: none); the schedule fits itself into it.")
+@click.option("--patience", type=int, default=D.patience, show_default=True,
+              help="Stop after this many epochs without a better validation mAP (0: never).")
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--flip", type=click.Choice(list(FLIPS)), default=D.flip, show_default=True,
+              help="; ".join(f"{k}: {v}" for k, v in FLIPS.items()))
+@click.option("--threshold", type=float, default=D.threshold, show_default=True,
+              help="Deployed score threshold that validation reports precision/recall at.")
+@click.option("--class-names", help="Class names in class_id order, comma-separated (default: the manifest's).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue runs/<name>/ from its last completed epoch.")
+@click.option("--backend", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True)
+@click.option("--role", help="[sagemaker] IAM role ARN the training job runs as.")
+@click.option("--bucket", help="[sagemaker] S3 bucket for data and output.")
+@click.option("--prefix", default="deeplens-kit", show_default=True, help="[sagemaker] S3 key prefix.")
+@click.option("--region", help="[sagemaker] AWS region (default: the AWS configuration's).")
+@click.option("--instance-type", default="ml.p3.2xlarge", show_default=True, help="[sagemaker] training instance.")
+@click.option("--job-name", help="[sagemaker] training job name (default: deeplens-<time>).")
+@click.option("--hp", "hyperparameters", multiple=True, metavar="KEY=VALUE",
+              help="[sagemaker] algorithm hyperparameter (repeatable); unset ones keep the algorithm's defaults.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, bucket, prefix, region,
+          instance_type, job_name, hyperparameters, as_json, **options):
+    """Train an SSD detector on MANIFEST and export it as a deployable package.
+
+    \b
+    Local (default): runs/<name>/ gets args.yaml, metrics.csv, weights/{best,last}.params,
+    plots, the package model/ and model.tar.gz (SageMaker layout).
+    --backend sagemaker: uploads images and manifests, runs the built-in object-detection
+    algorithm, downloads its model.tar.gz and converts it into the package runs/<name>/model/.
+    """
+    config = TrainConfig(**options, classes=names(class_names))
+    if backend == "sagemaker":
+        from .train import sagemaker
+        if not (role and bucket):
+            raise click.UsageError("--backend sagemaker needs --role and --bucket")
+        hp = dict(h.split("=", 1) for h in hyperparameters if "=" in h)
+        package = sagemaker.train_job(manifest, val_manifest, Path(runs_dir) / config.name, role=role, bucket=bucket,
+                                      prefix=prefix, region=region, instance_type=instance_type, hyperparameters=hp,
+                                      size=config.size, class_names=config.classes, job_name=job_name,
+                                      echo=lambda line: click.echo(line, err=True))
+        result = {"package": str(package.folder), "version": package.version}
+    else:
+        from .train.trainer import train_local
+        trainer, package = train_local(config, manifest, val_manifest, runs_dir=runs_dir, resume=resume)
+        best = max(trainer.history, key=lambda row: row["map50"])
+        result = {"package": str(package.folder), "version": package.version, "run": str(trainer.run_dir),
+                  "epochs": trainer.epoch, "best_epoch": best["epoch"], "map50": best["map50"],
+                  "map_coco": best["map_coco"], "seconds": round(trainer.elapsed, 1)}
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo("\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--threshold", type=float, default=D.threshold, show_default=True,
+              help="Deployed score threshold for precision, recall and the confusion table.")
+@click.option("--plot", type=click.Path(file_okay=False), help="Write PR curves (all classes and one per class) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+@user_errors
+def evaluate(model, manifest, threshold, plot, as_json):
+    """Evaluate the package MODEL on MANIFEST: VOC mAP@0.5 (11-point and all-point), COCO
+    mAP@[.5:.95], per class, precision/recall at the threshold, confusion, best-F1 threshold."""
+    from .train.data import read_manifest
+    from .train.inference import Detector, evaluate_model
+    detector = Detector(model)
+    samples, _ = read_manifest(manifest)
+    with click.progressbar(samples, label="evaluating", file=click.get_text_stream("stderr")) as bar:
+        result = evaluate_model(detector, bar, threshold=threshold)
+    if plot:
+        import cv2
+        from .train import plots
+        Path(plot).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(Path(plot) / "pr_curves.png"), plots.pr_chart(result.pr_curves))
+        for cid, (name, curve) in enumerate(result.pr_curves.items()):
+            cv2.imwrite(str(Path(plot) / f"pr_{cid}.png"), plots.pr_chart({name: curve}, f"{name}: precision-recall"))
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        click.echo(result.table())
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--threshold", type=float, default=D.threshold, show_default=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
+@user_errors
+def predict(model, images, threshold, out):
+    """Detect objects in IMAGES with the package MODEL: one JSON line per image, boxes
+    normalised (as the device publishes them) and in pixels."""
+    import cv2
+    from .train import plots
+    from .train.data import load_image
+    from .train.inference import Detector
+    detector = Detector(model)
+    for path in images:
+        image = load_image(path)
+        rows = detector.predict(image, threshold)
+        height, width = image.shape[:2]
+        echo_json({"image": path, "detections": [
+            {"class_id": int(r[0]), "label": detector.classes[int(r[0])], "score": round(float(r[1]), 4),
+             "box": [round(float(v), 4) for v in (r[2] / width, r[3] / height, r[4] / width, r[5] / height)],
+             "pixels": [round(float(v), 1) for v in r[2:]]} for r in rows]})
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(Path(out) / Path(path).name), plots.draw_boxes(image, rows, detector.classes, (0, 0, 230)))
+
+
+@click.command("import-sagemaker")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
+@click.option("--name", default="model", show_default=True, help="Package name (file prefix).")
+@click.option("--class-names", help="Class names in class_id order, comma-separated (SageMaker keeps none).")
+@user_errors
+def import_sagemaker(artifact, out, name, class_names):
+    """Convert a SageMaker object-detection model.tar.gz into a deployable DeepLens package."""
+    from .train.sagemaker import import_artifact
+    package = import_artifact(artifact, out, name=name, classes=names(class_names))
+    click.echo(f"{package.folder} {package.name} {package.version}")
+
+
+@click.group()
+def model():
+    """Model packages."""
+
+
+@model.command()
+@click.option("--name", default="dummy", show_default=True)
+@click.option("--classes", type=int, default=2, show_default=True)
+@click.option("--size", type=int, default=300, show_default=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
+def dummy(name, classes, size, out):
+    """A random-weight package for smoke tests: no training needed."""
+    from .ssd import dummy_package
+    package = dummy_package(out, name=name, num_classes=classes, size=size)
+    click.echo(f"{package.folder} {package.name} {package.version}")
+
+
+COMMANDS = [train, evaluate, predict, import_sagemaker, model]

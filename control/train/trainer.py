@@ -1,0 +1,218 @@
+"""The training loop, as a template with callbacks (plain named events), and the run folder.
+
+A run folder `runs/<name>/` holds `args.yaml`, `metrics.csv`, `weights/{best,last}.params`,
+`weights/last.states` + `state.json` (what `--resume` continues from), plots and, at the end,
+the exported package `model/` and `model.tar.gz` (SageMaker layout).
+"""
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import yaml
+from mxnet import autograd, gluon
+
+from control import ssd
+from shims.fileio import atomic_write_text
+
+from . import TrainError
+from .data import DetectionData
+from .loss import SSDLoss
+from .config import ARGS, TrainConfig, lr_at
+from .metrics import DetectionMetric
+from .transforms import TrainTransform, ValTransform
+
+STATE = "state.json"
+
+
+def peak_memory_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Callback:
+    """Named events of the loop; override the ones you need."""
+
+    def on_train_start(self, trainer): pass
+    def on_epoch_start(self, trainer, batches): pass
+    def on_batch_end(self, trainer, logs): pass
+    def on_epoch_end(self, trainer, logs): pass
+    def on_train_end(self, trainer): pass
+
+
+class Trainer:
+    """Fits an SSD on `train` samples, validating on `val` samples after every epoch."""
+
+    def __init__(self, config, train_samples, val_samples, classes, run_dir, callbacks=()):
+        self.config, self.classes, self.run_dir = config, list(classes), Path(run_dir)
+        self.callbacks = list(callbacks)
+        self.train_data = DetectionData(train_samples, TrainTransform(config.size, flip=config.flip))
+        self.val_data = DetectionData(val_samples, ValTransform(config.size))
+        self.net = ssd.build(config.arch, len(self.classes), seed=config.seed)
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.deploy = ssd.DeployNet(self.net)
+        self.deploy.hybridize(static_alloc=True)
+        self.loss = SSDLoss()
+        trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
+        options = {"learning_rate": config.lr, "wd": config.weight_decay}
+        if config.optimizer == "sgd":
+            options["momentum"] = 0.9
+        self.trainer = gluon.Trainer(trainable, config.optimizer, options)
+        self.epoch, self.best_map, self.elapsed, self.history, self.stop = 0, -1.0, 0.0, [], False
+        self.batch_size = min(config.batch_size, len(self.train_data))
+        self.batches_per_epoch = len(self.train_data) // self.batch_size
+
+    # -- the run folder --------------------------------------------------------------------
+    @property
+    def weights(self):
+        return self.run_dir / "weights"
+
+    def save_args(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / ARGS, yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False))
+
+    def save_checkpoint(self, best):
+        """last (and best) weights, optimizer state, then state.json last: a kill between
+        writes leaves the previous consistent checkpoint, as state.json names its epoch."""
+        self.weights.mkdir(parents=True, exist_ok=True)
+        for name in ("last", "best") if best else ("last",):
+            tmp = self.weights / f".{name}.params.tmp"
+            self.net.save_parameters(str(tmp))
+            tmp.replace(self.weights / f"{name}.params")
+        tmp = self.weights / ".last.states.tmp"
+        self.trainer.save_states(str(tmp))
+        tmp.replace(self.weights / "last.states")
+        state = {"epoch": self.epoch, "best_map": self.best_map, "elapsed": self.elapsed, "history": self.history}
+        atomic_write_text(self.run_dir / STATE, json.dumps(state) + "\n")
+
+    def restore(self):
+        """Continue from the last completed epoch of this run folder."""
+        try:
+            state = json.loads((self.run_dir / STATE).read_text(encoding="utf-8"))
+            self.net.load_parameters(str(self.weights / "last.params"))
+            self.trainer.load_states(str(self.weights / "last.states"))
+        except (OSError, ValueError, mx.MXNetError) as exc:
+            raise TrainError(f"{self.run_dir}: cannot resume ({exc})") from None
+        self.epoch, self.best_map, self.elapsed, self.history = (
+            state["epoch"], state["best_map"], state["elapsed"], state["history"])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _emit(self, event, *args):
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def progress(self, step):
+        """Fraction of the run done: by steps, or by time when a budget binds sooner."""
+        by_steps = step / max(self.config.epochs * self.batches_per_epoch, 1)
+        budget = self.config.time_budget * 60
+        return max(by_steps, self.elapsed / budget) if budget else by_steps
+
+    def fit(self):
+        self._emit("on_train_start")
+        while self.epoch < self.config.epochs and not self.stop:
+            started = time.monotonic()
+            logs = self.train_epoch()
+            logs.update(self.validate())
+            self.epoch += 1
+            self.elapsed += time.monotonic() - started
+            logs.update(epoch=self.epoch, time=round(self.elapsed, 1), memory_mb=round(peak_memory_mb()))
+            improved = logs["map50"] > self.best_map
+            self.best_map = max(self.best_map, logs["map50"])
+            self.history.append(logs)
+            self.save_checkpoint(best=improved)
+            self._emit("on_epoch_end", logs)
+        if (self.weights / "best.params").is_file():
+            self.net.load_parameters(str(self.weights / "best.params"))
+        self._emit("on_train_end")
+        return self.history
+
+    def train_epoch(self):
+        mx.random.seed(self.config.seed * 100003 + self.epoch)
+        rng = np.random.default_rng([self.config.seed, self.epoch])
+        self._emit("on_epoch_start", self.batches_per_epoch)
+        totals, images, started = np.zeros(3), 0, time.monotonic()
+        batches = self.train_data.batches(self.batch_size, rng)
+        for step in range(self.batches_per_epoch):
+            data, labels = next(batches)
+            self.trainer.set_learning_rate(lr_at(self.config, self.progress(self.epoch * self.batches_per_epoch + step)))
+            data, labels = mx.nd.array(data), mx.nd.array(labels)
+            with autograd.record():
+                class_preds, box_preds, anchors = self.net(data)
+                loss, class_loss, box_loss = self.loss(class_preds, box_preds, anchors, labels)
+            loss.backward()
+            self.trainer.step(1)
+            totals += [loss.asscalar(), class_loss.asscalar(), box_loss.asscalar()]
+            images += len(data)
+            logs = {"loss": totals[0] / (step + 1), "images_per_s": images / (time.monotonic() - started)}
+            self._emit("on_batch_end", logs)
+        totals /= max(self.batches_per_epoch, 1)
+        return {"loss": round(float(totals[0]), 5), "class_loss": round(float(totals[1]), 5),
+                "box_loss": round(float(totals[2]), 5), "lr": self.trainer.learning_rate,
+                "images_per_s": round(images / (time.monotonic() - started), 2)}
+
+    def predict_val(self):
+        """Detection rows in pixels of each validation image, from the device graph."""
+        out = []
+        for start in range(0, len(self.val_data), 16):
+            idx = range(start, min(start + 16, len(self.val_data)))
+            batch = np.stack([self.val_data.transform(self.val_data.images[i], self.val_data.samples[i].boxes)[0] for i in idx])
+            for i, rows in zip(idx, self.deploy(mx.nd.array(batch)).asnumpy()):
+                height, width = self.val_data.images[i].shape[:2]
+                out.append(to_pixels(rows[rows[:, 0] >= 0], width, height))
+        return out
+
+    def validate(self):
+        metric = DetectionMetric(self.classes, threshold=self.config.threshold)
+        for rows, sample in zip(self.predict_val(), self.val_data.samples):
+            metric.update(rows, sample.boxes)
+        self.last_result = metric.get()
+        return {k: round(v, 5) for k, v in self.last_result.summary().items()
+                if k in ("map50", "map50_voc07", "map_coco")}
+
+
+def to_pixels(rows, width, height):
+    """Detection rows with normalised corners -> pixel corners of a width x height image."""
+    rows = np.array(rows, np.float64).reshape(-1, 6)
+    rows[:, (2, 4)] *= width
+    rows[:, (3, 5)] *= height
+    return rows
+
+
+def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resume=False, callbacks=None):
+    """Read the manifests, fit (or continue) runs/<name>/, export the best weights as
+    `model/` (DeepLens package) and `model.tar.gz` (SageMaker layout). Returns (trainer, package)."""
+    from . import callbacks as cb
+    from .data import read_manifest
+    from .sagemaker import write_artifact
+    from shims.fileio import sha256_file
+
+    run_dir = Path(runs_dir) / config.name
+    if resume:
+        if not (run_dir / ARGS).is_file():
+            raise TrainError(f"{run_dir}: no run to resume (no {ARGS})")
+        config = TrainConfig.load(run_dir / ARGS)
+    elif (run_dir / STATE).exists():
+        raise TrainError(f"{run_dir} already holds a run: --resume it or pick another --name")
+    train_samples, classes = read_manifest(train_manifest)
+    val_samples = read_manifest(val_manifest)[0] if val_manifest else train_samples
+    if config.classes:
+        if len(config.classes) != len(classes):
+            raise TrainError(f"{len(config.classes)} class names given, the manifest has {len(classes)} classes")
+        classes = list(config.classes)
+    config.classes = classes
+    if callbacks is None:
+        callbacks = [cb.ProgressBar(), cb.CSVLogger(), cb.EarlyStopping(config.patience),
+                     cb.TimeBudget(config.time_budget), cb.Plots()]
+    trainer = Trainer(config, train_samples, val_samples, classes, run_dir, callbacks)
+    if resume:
+        trainer.restore()
+    trainer.save_args()
+    trainer.fit()
+    best = max(trainer.history, key=lambda row: row["map50"])
+    source = {"manifest_sha256": sha256_file(train_manifest), "recipe": dataclasses.asdict(config),
+              "metrics": {k: best[k] for k in ("epoch", "map50", "map_coco")}}
+    package = ssd.export_package(trainer.net, run_dir / "model", config.name, classes, config.size, source=source)
+    write_artifact(package, run_dir / "model.tar.gz", base_network=config.arch)
+    return trainer, package

@@ -1,0 +1,151 @@
+"""Local training: a tiny model for a few epochs on synthetic images; the run folder, the
+exported package, resume after a kill, reproducibility and refusal of bad manifests."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from control.train import TrainError
+from control.train.config import TrainConfig
+from control.train.data import read_manifest
+from control.train.inference import Detector
+from control.train.trainer import Callback, train_local
+from control.train.transforms import TrainTransform
+from shims.runtime import MXNetModel, ssd_rows
+
+CLASSES = ["red", "blue"]
+
+
+def write_synthetic_set(folder, count=8, size=96, seed=0, name="data.manifest"):
+    """Noisy images with one or two coloured rectangles (class 0 red, 1 blue) and a manifest."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        image = rng.integers(60, 120, (size, size, 3), dtype=np.uint8)
+        annotations = []
+        for _ in range(1 + i % 2):
+            cls = int(rng.integers(0, 2))
+            w, h = (int(v) for v in rng.integers(size // 4, size // 2, 2))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            image[y:y + h, x:x + w] = (40, 40, 230) if cls == 0 else (230, 60, 40)
+            annotations.append({"class_id": cls, "left": x, "top": y, "width": w, "height": h})
+        cv2.imwrite(str(folder / f"img{i}.png"), image)
+        lines.append(json.dumps({"source-ref": f"img{i}.png", "labels": {
+            "image_size": [{"width": size, "height": size, "depth": 3}], "annotations": annotations},
+            "labels-metadata": {"class-map": dict(enumerate(CLASSES))}}))
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(**overrides):
+    options = dict(name="tiny", arch="tiny", size=96, epochs=8, batch_size=4, lr=0.005, warmup_epochs=1,
+                   patience=0, seed=0)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(trainer, package, manifest) of a tiny model trained once per session."""
+    folder = tmp_path_factory.mktemp("train")
+    manifest = write_synthetic_set(folder / "data", count=16)
+    trainer, package = train_local(tiny_config(), manifest, manifest, runs_dir=folder / "runs")
+    return trainer, package, manifest
+
+
+def test_loss_falls_and_the_run_folder_is_complete(trained):
+    trainer, package, _ = trained
+    losses = [row["loss"] for row in trainer.history]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2])
+    run = trainer.run_dir
+    for name in ("args.yaml", "metrics.csv", "weights/best.params", "weights/last.params", "loss.png",
+                 "map.png", "pr_curves.png", "val_predictions.jpg", "model/model.json", "model.tar.gz"):
+        assert (run / name).is_file(), name
+    assert (run / "metrics.csv").read_text().count("\n") == 9
+    assert package.classes == CLASSES and (package.width, package.height) == (96, 96)
+    assert package.source["metrics"]["epoch"] >= 1
+
+
+def test_package_detections_match_the_device_runtime_and_the_training_graph(trained):
+    trainer, package, manifest = trained
+    detector = Detector(package.folder)
+    runtime = MXNetModel(package.symbol_path, package.params_path, package.width, package.height)
+    for sample, image, gluon_rows in zip(trainer.val_data.samples, trainer.val_data.images, trainer.predict_val()):
+        rows = detector.predict(image)
+        device = ssd_rows(runtime.infer(image))
+        np.testing.assert_array_equal(rows[:, :2], device[:, :2])
+        np.testing.assert_allclose(rows[:, 2:] / 96, device[:, 2:], atol=1e-6)
+        top = gluon_rows[np.argsort(-gluon_rows[:, 1], kind="stable")][:5]
+        np.testing.assert_allclose(rows[:5], top, atol=1e-3)
+
+
+class Kill(Callback):
+    """Dies like a killed process after `epochs` completed epochs."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer, logs):
+        if trainer.epoch == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_run_resumes_without_losing_epochs(tmp_path):
+    manifest = write_synthetic_set(tmp_path / "data", count=4)
+    config = tiny_config(name="killed", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_local(config, manifest, runs_dir=tmp_path / "runs", callbacks=[Kill(2)])
+    done = json.loads((tmp_path / "runs/killed/state.json").read_text())["history"]
+    assert [row["epoch"] for row in done] == [1, 2]
+    with pytest.raises(TrainError, match="already holds a run"):
+        train_local(config, manifest, runs_dir=tmp_path / "runs")
+    trainer, _ = train_local(TrainConfig(name="killed"), manifest, runs_dir=tmp_path / "runs", resume=True, callbacks=[])
+    assert [row["epoch"] for row in trainer.history] == [1, 2, 3]
+    assert trainer.history[:2] == done
+    assert trainer.config.arch == "tiny"      # the saved args.yaml, not the defaults passed in
+
+
+def test_same_seed_same_run(tmp_path):
+    manifest = write_synthetic_set(tmp_path / "data", count=4)
+    runs = [train_local(tiny_config(name=f"r{i}", epochs=1), manifest, runs_dir=tmp_path, callbacks=[])[0]
+            for i in range(2)]
+    assert runs[0].history[0]["loss"] == pytest.approx(runs[1].history[0]["loss"], rel=1e-4)
+
+
+def test_invalid_manifest_is_refused_before_training(tmp_path):
+    manifest = write_synthetic_set(tmp_path / "data", count=3)
+    (tmp_path / "data" / "img1.png").unlink()
+    with pytest.raises(TrainError, match=r"data.manifest:2.*img1.png"):
+        train_local(tiny_config(), manifest, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_manifest_reader_resolves_s3_refs_like_the_banknotes_set(banknotes):
+    samples, classes = read_manifest(banknotes / "sg-manifest.manifest")
+    assert len(samples) == 206 and len(classes) == 2
+    assert all(s.path.is_file() for s in samples) and sum(len(s.boxes) for s in samples) == 209
+
+
+@pytest.mark.parametrize("flip", ["mirror", "rot180"])
+def test_flips_move_boxes_with_the_pixels(flip):
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[10:20, 5:30] = 255
+    boxes = np.array([[0, 5, 10, 30, 20]], np.float32)
+    out, moved = TrainTransform(96, flip=flip).flipped(image, boxes)
+    _, y0, x0, y1, x1 = (int(v) for v in [0, *moved[0, [2, 1, 4, 3]]])
+    assert out[y0:y1, x0:x1].min() == 255 and out.sum() == image.sum()
+
+
+def test_augmented_boxes_stay_inside_the_image():
+    rng = np.random.default_rng(0)
+    transform = TrainTransform(96)
+    image = np.full((80, 120, 3), 100, np.uint8)
+    boxes = np.array([[0, 10, 10, 60, 50], [1, 70, 20, 110, 70]], np.float32)
+    for _ in range(50):
+        data, labels = transform(image, boxes, rng)
+        assert data.shape == (3, 96, 96) and len(labels) >= 1
+        assert labels[:, 1:].min() >= 0 and labels[:, 1:].max() <= 1
+        assert np.all(labels[:, 3:] > labels[:, 1:3])
