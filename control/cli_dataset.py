@@ -15,14 +15,10 @@ from . import dataset as ds
 from .dataset import sagemaker
 
 
-def _stderr():
-    return click.get_text_stream("stderr")
-
-
 def _progress(label):
     """A wrapper that shows a progress bar on stderr while iterating a list."""
     def wrap(items):
-        with click.progressbar(items, label=label, file=_stderr()) as bar:
+        with click.progressbar(items, label=label, file=sys.stderr) as bar:
             yield from bar
     return wrap
 
@@ -136,7 +132,7 @@ def pull(device, out, count, duration, interval_ms, image_format, crop, size, de
         raise click.UsageError("give -n/--count or --duration (or both)")
     puller = Puller(device, out, image_format=image_format, crop=None if crop == "none" else crop, size=size,
                     dedup_threshold=dedup_threshold, retries=retries, timeout=timeout)
-    with click.progressbar(length=count or 0, label="pulling", file=_stderr(), show_pos=True) as bar:
+    with click.progressbar(length=count or 0, label="pulling", file=sys.stderr, show_pos=True) as bar:
         bar.update(min(puller.kept, count or 0))
         try:
             result = puller.run(count=count, duration=duration, interval=interval_ms / 1000,

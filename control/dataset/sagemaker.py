@@ -139,6 +139,7 @@ def write(dataset, out, attribute=DEFAULT_ATTRIBUTE, s3_prefix=None, images_root
     """Write `dataset` as a manifest at `out`; source-refs are relative to `out`'s folder,
     or `s3_prefix` + the path below `images_root` (default: the images' common folder)."""
     folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
     local = [image.path for image in dataset.images if image.path]
     root = images_root or (os.path.commonpath([os.path.dirname(p) for p in local]) if local else folder)
     metadata = {"class-map": {str(i): name for i, name in enumerate(dataset.classes)},

@@ -58,6 +58,7 @@ def _write_names(dataset, file):
 
 def write_coco(dataset, out, **_):
     folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
     _local(dataset, "a COCO export")
     images, annotations = [], []
     for image_id, image in enumerate(dataset.images, 1):
