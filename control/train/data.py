@@ -1,6 +1,5 @@
 """Training samples from a SageMaker augmented manifest, and batches of them for the network."""
 import dataclasses
-import json
 from pathlib import Path
 
 import cv2
@@ -16,43 +15,25 @@ class Sample:
     boxes: np.ndarray
 
 
-def resolve_source(ref, manifest_dir):
-    """The local file of a `source-ref`: relative to the manifest, absolute, or
-    `s3://bucket/input/<folder>/<file>` mirrored as `<manifest dir>/<folder>/<file>`."""
-    if ref.startswith("s3://"):
-        return Path(manifest_dir, *ref[len("s3://"):].split("/")[-2:])
-    return Path(manifest_dir, ref)
-
-
 def read_manifest(path):
-    """(samples, class names) of an augmented manifest; the label attribute is the key holding
-    `annotations`. Class names come from `<attr>-metadata.class-map`, else `class<id>`."""
-    path = Path(path)
-    samples, names = [], {}
+    """(samples, class names) of an augmented manifest, read by control.dataset after its
+    validator found no error: a manifest it refuses is refused here, with its messages."""
+    from control.dataset import Collector, DatasetError, read
+    from control.dataset.sagemaker import validate
+    path = str(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TrainError(f"{path}: cannot read manifest ({exc.strerror})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-            attr = next(k for k, v in row.items() if isinstance(v, dict) and "annotations" in v)
-            boxes = [(a["class_id"], a["left"], a["top"], a["left"] + a["width"], a["top"] + a["height"])
-                     for a in row[attr]["annotations"]]
-            names.update({int(k): v for k, v in row.get(f"{attr}-metadata", {}).get("class-map", {}).items()})
-            image = resolve_source(row["source-ref"], path.parent)
-        except (ValueError, KeyError, TypeError, StopIteration):
-            raise TrainError(f"{where}: not an object-detection manifest line") from None
-        if not image.is_file():
-            raise TrainError(f"{where}: image not found: {image}")
-        samples.append(Sample(image, np.array(boxes, np.float32).reshape(-1, 5)))
-    if not samples:
+        errors = [p for p in validate(Collector(), path) if p.severity == "error"]
+        if errors:
+            raise DatasetError(f"{path}: not valid for training (fix or drop these lines)", errors)
+        dataset, _ = read("sagemaker", path, strict=True)
+    except DatasetError as exc:
+        raise TrainError(str(exc)) from None
+    if not dataset.images:
         raise TrainError(f"{path}: no labelled images")
-    count = 1 + max([int(s.boxes[:, 0].max()) for s in samples if len(s.boxes)] + list(names) + [0])
-    return samples, [names.get(i, f"class{i}") for i in range(count)]
+    samples = [Sample(Path(image.path), np.array([[dataset.class_id(b.label), b.xmin, b.ymin, b.xmax, b.ymax]
+                                                  for b in image.boxes], np.float32).reshape(-1, 5))
+               for image in dataset.images]
+    return samples, list(dataset.classes)
 
 
 def load_image(path):

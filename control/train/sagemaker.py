@@ -9,6 +9,7 @@ for DeepLens: SoftmaxActivation(mode='channel') + MultiBoxDetection.
 """
 import io
 import json
+import os
 import tarfile
 import tempfile
 import time
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import mxnet as mx
 
+from control.dataset.sagemaker import DEFAULT_ATTRIBUTE
+
 from shims.errors import ModelError
 from shims.package import write_package
 
 from . import TrainError
-from .data import read_manifest, resolve_source
+from .data import read_manifest
 from .inference import Detector, detection_inputs
 
 PREFIX = "model_algo_1"
@@ -133,36 +136,28 @@ def image_uri(region):
                          f"known: {', '.join(sorted(IMAGE_ACCOUNTS))}") from None
 
 
-def upload_manifest(s3, manifest, bucket, prefix, channel, echo):
-    """Upload the manifest's images (skipping those already there, same size) and the manifest
-    rewritten with their s3:// refs. Returns (manifest URI, label attribute name)."""
-    manifest = Path(manifest)
-    lines, uploaded, skipped, attribute = [], 0, 0, None
-    for text in manifest.read_text(encoding="utf-8").splitlines():
-        if not text.strip():
-            continue
-        row = json.loads(text)
-        attribute = attribute or next(k for k, v in row.items() if isinstance(v, dict) and "annotations" in v)
-        local = resolve_source(row["source-ref"], manifest.parent).resolve()
+def upload_channel(s3, manifest, bucket, prefix, channel, root, echo):
+    """Upload the manifest's images below `root` (skipping those already there, same size) and
+    the manifest rewritten with their s3:// refs; returns the manifest's URI."""
+    from control.dataset import read, write
+    dataset, _ = read("sagemaker", str(manifest), strict=True)
+    uploaded = 0
+    for image in dataset.images:
+        key = f"{prefix}/images/{Path(os.path.relpath(image.path, root)).as_posix()}"
         try:
-            relative = local.relative_to(manifest.parent.resolve())
-        except ValueError:
-            relative = Path(*local.parts[1:])
-        key = f"{prefix}/images/{relative.as_posix()}"
-        try:
-            same = s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == local.stat().st_size
+            if s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == os.path.getsize(image.path):
+                continue
         except s3.exceptions.ClientError:
-            same = False
-        if same:
-            skipped += 1
-        else:
-            s3.upload_file(str(local), bucket, key)
-            uploaded += 1
-        lines.append(json.dumps(dict(row, **{"source-ref": f"s3://{bucket}/{key}"})))
-    key = f"{prefix}/manifests/{channel}.manifest"
-    s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
-    echo(f"{channel}: {uploaded} images uploaded, {skipped} already in s3://{bucket}/{prefix}/images/")
-    return f"s3://{bucket}/{key}", attribute
+            pass
+        s3.upload_file(image.path, bucket, key)
+        uploaded += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, f"{channel}.manifest")
+        write("sagemaker", dataset, local, s3_prefix=f"s3://{bucket}/{prefix}/images", images_root=root)
+        key = f"{prefix}/manifests/{channel}.manifest"
+        s3.upload_file(local, bucket, key)
+    echo(f"{channel}: {uploaded} images uploaded, {len(dataset.images) - uploaded} already in s3://{bucket}/{prefix}/images/")
+    return f"s3://{bucket}/{key}"
 
 
 def follow(sm, job, echo, poll_s=30):
@@ -197,16 +192,15 @@ def train_job(manifest, val_manifest, run_dir, role, bucket, prefix="deeplens-ki
     session = session or boto3.session.Session(region_name=region)
     s3, sm = session.client("s3"), session.client("sagemaker")
     samples, classes = read_manifest(manifest)
-    read_manifest(val_manifest)
+    val_samples, _ = read_manifest(val_manifest)
     classes = list(class_names or classes)
     job = job_name or f"deeplens-{time.strftime('%Y%m%d-%H%M%S')}"
-    channels = []
-    for channel, path in (("train", manifest), ("validation", val_manifest)):
-        uri, attribute = upload_manifest(s3, path, bucket, prefix, channel, echo)
-        channels.append({"ChannelName": channel, "DataSource": {"S3DataSource": {
-            "S3DataType": "AugmentedManifestFile", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated",
-            "AttributeNames": ["source-ref", attribute]}},
-            "ContentType": "application/x-recordio", "RecordWrapperType": "RecordIO", "CompressionType": "None"})
+    root = os.path.commonpath([str(s.path.parent) for s in samples + val_samples])
+    channels = [{"ChannelName": channel, "DataSource": {"S3DataSource": {
+        "S3DataType": "AugmentedManifestFile", "S3Uri": upload_channel(s3, path, bucket, prefix, channel, root, echo),
+        "S3DataDistributionType": "FullyReplicated", "AttributeNames": ["source-ref", DEFAULT_ATTRIBUTE]}},
+        "ContentType": "application/x-recordio", "RecordWrapperType": "RecordIO", "CompressionType": "None"}
+        for channel, path in (("train", manifest), ("validation", val_manifest))]
     hyper = {"num_classes": str(len(classes)), "num_training_samples": str(len(samples)), "image_shape": str(size),
              **{k: str(v) for k, v in (hyperparameters or {}).items()}}
     sm.create_training_job(
