@@ -104,9 +104,6 @@ class ClassMap:
     def __len__(self):
         return len(self.names)
 
-    def __contains__(self, name):
-        return self.key(name) in self._ids
-
 
 @dataclasses.dataclass
 class Dataset:

@@ -20,10 +20,10 @@ BOX_KEYS = ("left", "top", "width", "height")
 
 class Record:
     """One parsed manifest line: `annotations` are (class_id, left, top, width, height, field)."""
-    __slots__ = ("line", "ref", "size", "depth", "annotations", "names", "attribute")
+    __slots__ = ("line", "ref", "size", "annotations", "names", "attribute")
 
-    def __init__(self, line, ref, size, depth, annotations, names, attribute):
-        self.line, self.ref, self.size, self.depth = line, ref, size, depth
+    def __init__(self, line, ref, size, annotations, names, attribute):
+        self.line, self.ref, self.size = line, ref, size
         self.annotations, self.names, self.attribute = annotations, names, attribute
 
 
@@ -74,8 +74,7 @@ def _parse_line(file, line, text, attribute, problems):
         fail(f"{attribute}.annotations", "must be a list")
     class_map = (row.get(f"{attribute}-metadata") or {}).get("class-map")
     names = {int(k): v for k, v in class_map.items()} if isinstance(class_map, dict) else None
-    return Record(line, ref, (sizes[0]["width"], sizes[0]["height"]), sizes[0].get("depth", 3),
-                  annotations, names, attribute)
+    return Record(line, ref, (sizes[0]["width"], sizes[0]["height"]), annotations, names, attribute)
 
 
 def _find_attribute(row):
