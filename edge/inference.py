@@ -9,6 +9,7 @@ import threading
 import time
 
 from . import systemd
+from .events import detection_event
 from .stats import Rate, Rolling
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,8 @@ class InferenceLoop(threading.Thread):
         self.latest = Result(frame, kept, detector.version)
         if kept and t3 - self._last_event_at >= self.min_event_gap:
             self._last_event_at = t3
-            self.publisher.publish_detections({
-                "ts": frame.ts, "seq": frame.seq, "model_version": detector.version,
-                "inference_ms": round(timings["infer"], 3), "detections": kept})
+            self.publisher.publish_detections(
+                detection_event(frame.seq, detector.version, timings["infer"], kept, ts=frame.ts))
             self.publisher.publish_legacy({d["label"]: d["score"] for d in reversed(kept)})
             self.events_published += 1
         timings["publish"] = (time.perf_counter() - t3) * 1000

@@ -14,7 +14,7 @@ from shims.errors import ModelError
 
 from .broker import start_broker
 from .detector import Detector, find_package
-from .events import NullPublisher, Publisher
+from . import events
 from .inference import STAGES, InferenceLoop
 from .threshold import Threshold
 
@@ -54,7 +54,7 @@ class Runtime:
         self.grabber = FrameGrabber(camera_spec(config))
         self.grabber.start()
         self.broker_address, self._broker = start_broker(config)
-        self.publisher = self._make_publisher()
+        self.publisher = events.from_config(config, self.broker_address)
         self.publisher.start()
         self.publisher.on_command("threshold/set", self._threshold_command)
         self.loop = InferenceLoop(self.grabber, self.threshold, self.publisher,
@@ -69,16 +69,6 @@ class Runtime:
         for part in (self.loop, self.publisher, self.grabber, self._broker):
             if part is not None:
                 part.stop()
-
-    def _make_publisher(self):
-        config = self.config
-        if not self.broker_address:
-            return NullPublisher()
-        host, _, port = self.broker_address.rpartition(":")
-        return Publisher(host, int(port), config.device, config.thing,
-                         username=config.mqtt_username or None, password=config.mqtt_password or None,
-                         tls=config.mqtt_tls, ca_file=config.mqtt_ca_file or None,
-                         queue_limit=config.mqtt_queue, legacy=config.legacy_topic)
 
     def _load_detector(self):
         try:

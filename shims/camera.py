@@ -164,7 +164,7 @@ def source_from_spec(spec, default_size=None):
     else:
         source = CaptureSource(spec.target, size, fps=spec.fps)
     if spec.faults:
-        source = FaultySource(source, spec.faults, seed=int(spec.target) if spec.kind == "synthetic" else 0)
+        source = FaultySource(source, spec.faults, seed=int(spec.target or 0) if spec.kind == "synthetic" else 0)
     source.spec = spec.text
     return source
 
