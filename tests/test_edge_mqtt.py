@@ -113,3 +113,17 @@ def test_broker_down_at_start_then_up(edge_service, dummy_model, tmp_path, subsc
         assert event["model_version"] == dummy_model.version
     finally:
         broker.stop()
+
+
+def test_event_rate_limit_thins_events_not_frames(edge_service, dummy_model, mosquitto, subscriber):
+    sub = subscriber(mosquitto.address, "deeplens/testcam/detections")
+    service = edge_service(*SMALL, "--broker", mosquitto.address, "--model", str(dummy_model.folder),
+                           "--threshold", "0.3", "--max-event-rate", "2")
+    first = service.wait_status(lambda s: s["events_published"] >= 1)
+    time.sleep(3)
+    last = service.get("/status").json()
+    frames = last["frames_processed"] - first["frames_processed"]
+    events = last["events_published"] - first["events_published"]
+    assert frames > 3 * events and 3 <= events <= 8
+    received = sub.messages.qsize()
+    assert received >= events
