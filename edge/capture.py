@@ -1,6 +1,6 @@
 """Clean training frames: fresh from the camera, taken before any drawing, broken ones refused.
 
-A frame is refused when edge.quality finds it broken (a flat band from a half-decoded
+A frame is refused when shims.quality finds it broken (a flat band from a half-decoded
 MJPEG frame, a black frame, or, for live sources, the previous frame again). The caller
 gets the first clean frame newer than its request, or NoCleanFrame with the reasons.
 """
@@ -9,7 +9,7 @@ import time
 
 import cv2
 
-from .quality import check_frame
+from shims.quality import check_frame
 
 FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import free_port
 from control.cli_dataset import pull
-from control.dataset.images import flat_band_rows
+from shims.quality import flat_band_rows
 from control.dataset.pull import PullError, Puller
 from edge_service import EdgeService
 

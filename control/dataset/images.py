@@ -1,4 +1,4 @@
-"""Image files: size without decoding, broken-frame detection, perceptual hash, path lookup."""
+"""Image files: size without decoding, perceptual hash, path lookup."""
 import os
 import struct
 from urllib.parse import unquote, urlparse
@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-FLAT_BAND_MIN_ROWS = 8   # one JPEG block row: less than that is not a decoding artefact
 
 
 def image_size(path):
@@ -36,20 +35,6 @@ def read_image(path):
     if pixels is None:
         raise ValueError(f"{path}: not a readable image")
     return pixels
-
-
-def flat_band_rows(pixels):
-    """Rows at the bottom that are one flat colour: what a partially decoded frame looks like.
-
-    Returns 0 for a clean frame; a real camera's noise never gives FLAT_BAND_MIN_ROWS
-    identical uniform rows across the whole width.
-    """
-    bottom = pixels[-1].astype(np.int16)
-    if np.abs(bottom - bottom[0]).max() > 2:
-        return 0
-    same = np.all(np.abs(pixels.astype(np.int16) - bottom[0]) <= 2, axis=(1, 2))[::-1]
-    rows = int(np.argmin(same)) if not same.all() else len(same)
-    return rows if rows >= FLAT_BAND_MIN_ROWS else 0
 
 
 HASH_BITS = 256

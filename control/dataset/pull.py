@@ -3,7 +3,7 @@
 A frame is kept as frame_NNNNNN.<ext> plus frame_NNNNNN.json; the sidecar is written last
 and is the commit mark, so after a kill the folder holds whole frames only (an image
 without its sidecar, or a temporary file, is removed when pulling resumes). Broken frames
-(flat band at the bottom) are refused even if a device lets one through, and frames whose
+(flat band at the bottom, black) are refused even if a device lets one through, and frames whose
 perceptual hash is near one already kept are skipped.
 """
 import datetime
@@ -18,8 +18,9 @@ import numpy as np
 import requests
 
 from shims.fileio import atomic_write_bytes, atomic_write_text
+from shims.quality import check_frame
 
-from .images import dhash, flat_band_rows, hamming
+from .images import dhash, hamming
 
 NAME = re.compile(r"frame_(\d{6,})\.json$")
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
@@ -74,7 +75,7 @@ class Puller:
                 time.sleep(interval)
             data, headers = self._fetch()
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if pixels is None or flat_band_rows(pixels):
+            if pixels is None or check_frame(pixels):
                 verdict = "rejected"
             else:
                 digest = dhash(pixels)

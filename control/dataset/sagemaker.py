@@ -10,8 +10,9 @@ import json
 import os
 
 from shims.fileio import atomic_open
+from shims.quality import flat_band_rows
 
-from .images import flat_band_rows, image_size, read_image
+from .images import image_size, read_image
 from .model import DatasetError, Problem, pixels
 
 DEFAULT_ATTRIBUTE = "labels"

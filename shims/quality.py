@@ -1,4 +1,4 @@
-"""Reject broken camera frames before they reach a detector, a capture or a dataset.
+"""Tell broken camera frames from clean ones, for /capture, `pull` and `manifest validate` alike.
 
 A DeepLens MJPEG stream now and then yields a partially decoded frame: the bottom part of the
 image is one flat colour (green on the device). Real frames never have a perfectly flat strip:
@@ -35,5 +35,19 @@ def check_frame(image, previous=None):
 def has_bottom_band(image, min_fraction=BAND_MIN_FRACTION):
     """True when the bottom `min_fraction` of the rows is one flat colour (columns sampled)."""
     rows = max(2, math.ceil(image.shape[0] * min_fraction))
-    strip = image[-rows:, ::4].astype(np.int16)
-    return int(np.abs(strip - strip[-1, 0]).max()) <= BAND_TOLERANCE
+    return bool(_flat_rows(image[-rows:], image[-1, 0]).all())
+
+
+def flat_band_rows(image):
+    """How many rows at the bottom are one flat colour: 0 for a clean frame, the band's
+    height for a partially decoded one (used where the height is worth reporting)."""
+    if not has_bottom_band(image):
+        return 0
+    flat = _flat_rows(image, image[-1, 0])[::-1]
+    return len(flat) if flat.all() else int(np.argmin(flat))
+
+
+def _flat_rows(rows, colour):
+    """Per row: does it stay within BAND_TOLERANCE of `colour` (every 4th column looked at)?"""
+    spread = np.abs(rows[:, ::4].astype(np.int16) - np.asarray(colour, np.int16))
+    return spread.reshape(len(rows), -1).max(axis=1) <= BAND_TOLERANCE
