@@ -27,7 +27,7 @@ test: setup system-deps
 	$(BIN)/pytest -q
 
 bench: setup system-deps
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.edge_bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
