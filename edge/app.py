@@ -2,7 +2,7 @@
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .api import capture, status, threshold, view
+from .api import capture, models, status, threshold, view
 from .errors import ApiError
 
 
@@ -10,7 +10,7 @@ def create_app(runtime):
     """`runtime` (edge.runtime.Runtime) holds the camera, loop, threshold and publisher."""
     app = Flask("edge")
     app.extensions["deeplens"] = runtime
-    for module in (capture, status, threshold, view):
+    for module in (capture, models, status, threshold, view):
         app.register_blueprint(module.blueprint)
 
     @app.errorhandler(ApiError)

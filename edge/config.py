@@ -78,7 +78,8 @@ SETTINGS = [
             "with options ?size=WxH&fps=N&faults=band:P,black:P,freeze:P,drop:P.", _camera),
     Setting("frame_size", str, "1920x1080", "Size of synthetic frames, WIDTHxHEIGHT.", _size),
     Setting("artifacts", str, DEFAULT_ARTIFACTS, "Model folder (the device's /opt/awscam/artifacts)."),
-    Setting("model", str, "", "Model to run: a package folder or a name in the artifacts folder (default: the newest there)."),
+    Setting("model", str, "", "Model to run when the model store has no active version: a package folder or a "
+            "name in the artifacts folder (default: the newest there)."),
     Setting("crop", str, "center", "How frames meet the model's input: 'center' crops to its aspect ratio "
             "(as /capture?crop=square does for training frames), 'stretch' resizes the whole frame.",
             lambda v: None if v in ("center", "stretch") else "must be 'center' or 'stretch'"),
@@ -95,7 +96,17 @@ SETTINGS = [
     Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
     Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
     Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
-    Setting("token", str, "", "Bearer token required by mutating model-store endpoints."),
+    Setting("token", str, "", "Bearer token that model-store changes (upload, activate, rollback, delete) "
+            "must send as 'Authorization: Bearer TOKEN'; without one they are refused."),
+    Setting("keep_versions", int, 5, "Model versions the store keeps; older ones are pruned "
+            "(the active one and its rollback target always stay).", _positive),
+    Setting("max_upload_mb", float, 200.0, "Largest model package accepted, packed or unpacked, in MB.", _positive),
+    Setting("model_input", str, "", "Input size, WIDTHxHEIGHT, an uploaded model must take (default: the active model's).",
+            lambda v: _size(v) if v else None),
+    Setting("health_frames", int, 30, "Frames a newly activated model is watched for before it counts as good "
+            "(0: no watch); a failure rolls back to the previous version.", _not_negative),
+    Setting("health_slowdown", float, 5.0, "A watched model fails when its median inference time exceeds its "
+            "warm-up time this many times over.", _positive),
     Setting("log_level", str, "warning", "Log level: debug, info, warning or error.", _level),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -121,6 +132,10 @@ class Config:
     def state_path(self):
         folder = self.state_dir or os.environ.get("STATE_DIRECTORY") or "~/.local/state/deeplens-edge"
         return Path(folder).expanduser()
+
+    @property
+    def store_path(self):
+        return Path(self.artifacts) / "models"
 
     @property
     def device(self):

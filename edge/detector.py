@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import cv2
+import mxnet as mx
+import numpy as np
 
 from shims.errors import ModelError
 from shims.package import MODEL_JSON, load_package
@@ -41,11 +43,21 @@ def crop_rect(frame_w, frame_h, model_w, model_h, crop):
     return (frame_w - w) // 2, (frame_h - h) // 2, w, h
 
 
+def check_weights(package):
+    """Refuse NaN or infinite weights: the graph's clipping and NMS would hide them as 'no boxes'."""
+    saved = mx.nd.load(str(package.params_path))
+    bad = sum(int(value.size - np.isfinite(value.asnumpy()).sum()) for value in saved.values())
+    if bad:
+        raise ModelError(f"{bad} weights are NaN or infinite (did the training diverge?)", package.params_path)
+
+
 class Detector:
     def __init__(self, package_folder, crop="center"):
         self.package = load_package(package_folder)
+        check_weights(self.package)
         self.model = MXNetModel.from_package(self.package)
         self.crop = crop
+        self.warm_ms = None
 
     @property
     def name(self):
@@ -86,6 +98,14 @@ class Detector:
 
     def label(self, class_id):
         return self.classes[class_id] if 0 <= class_id < len(self.classes) else str(class_id)
+
+    def warm(self, image, runs=3):
+        """Run a real frame through a few times (the first run allocates); keep the fastest inference time."""
+        try:
+            self.warm_ms = min(self.detect(image)[1] for _ in range(runs))
+        except Exception as exc:  # any failure on a frame means the model cannot serve
+            raise ModelError(f"fails on a camera frame ({type(exc).__name__}: {exc})", self.package.folder) from None
+        return self.warm_ms
 
     def detect(self, image):
         """One frame through all three stages; returns (detections, inference ms)."""

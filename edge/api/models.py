@@ -1,0 +1,132 @@
+"""The model store over REST: GET /models; upload, activate, roll back and delete with a token.
+
+An upload is streamed into a staging folder inside the store (never into memory), unpacked
+with every member checked, verified against the SHA-256 manifest of its model.json, loaded
+and run on a camera frame at the expected input size, and only then moved into the store.
+Whatever fails, the staging folder goes and the store is as it was.
+"""
+import errno
+import hmac
+
+from flask import Blueprint, jsonify, request
+
+from shims.errors import ModelError
+from shims.package import MODEL_JSON, load_package
+
+from ..errors import ApiError
+from ..store import MB, UploadTooLarge, unpack
+from . import runtime
+
+blueprint = Blueprint("models", __name__)
+CHUNK = MB
+
+
+def require_token():
+    """Mutations need `Authorization: Bearer <token>`; with no token configured they are off."""
+    token = runtime().config.token
+    if not token:
+        raise ApiError(403, "no_token_configured", "model changes are off until the device has a token: set "
+                       "'token' in its config file, DEEPLENS_TOKEN, or --token, and restart the service")
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "send the device's token as 'Authorization: Bearer TOKEN' "
+                       "(deeplens-ctl reads it from devices.yaml or DEEPLENS_TOKEN)")
+
+
+@blueprint.get("/models")
+def list_models():
+    rt = runtime()
+    pointer = rt.store.pointer()
+    return jsonify({"active": pointer["version"], "trial": pointer["trial"], "previous": pointer["previous"],
+                    "rollback_to": rt.store.rollback_target(pointer), "keep": rt.store.keep,
+                    "versions": [e.to_json() for e in reversed(rt.store.entries())]})
+
+
+@blueprint.post("/models")
+def upload():
+    """The package as the body (application/gzip) or as the file of a multipart form."""
+    require_token()
+    rt = runtime()
+    limit = int(rt.config.max_upload_mb * MB)
+    try:
+        with rt.store.staging() as staging:
+            archive, folder = staging / "upload.tar.gz", staging / "package"
+            folder.mkdir()
+            _receive(archive, limit)
+            names = unpack(archive, folder, limit)
+            pkg = _check(rt, folder, names)
+            entry, created = rt.store.add(pkg)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ApiError(507, "disk_full", f"no space left for the package in {rt.store.root}; delete old "
+                           "versions (DELETE /models/<version>) or lower keep_versions") from None
+        raise ApiError(503, "store_unavailable", f"cannot write the model store {rt.store.root}: {exc}") from None
+    doc = entry.to_json()
+    if not created:
+        doc["note"] = "this version was stored already; nothing changed"
+    return jsonify(doc), 201 if created else 200
+
+
+def _receive(path, limit):
+    """Stream the upload into `path`; 413 past `limit`, 400 if it ends before its Content-Length."""
+    if (request.content_length or 0) > limit + MB:
+        raise UploadTooLarge(limit)
+    request.max_content_length = limit + MB
+    if request.mimetype == "multipart/form-data":
+        source = request.files.get("package") or next(iter(request.files.values()), None)
+        if source is None:
+            raise ApiError(400, "no_package", "the form has no file; send it as the field 'package'", "package")
+        stream, expected = source.stream, None
+    else:
+        stream, expected = request.stream, request.content_length
+    received = 0
+    with open(path, "wb") as out:
+        for block in iter(lambda: stream.read(CHUNK), b""):
+            received += len(block)
+            if received > limit:
+                raise UploadTooLarge(limit)
+            out.write(block)
+    if not received or (expected is not None and received < expected):
+        raise ApiError(400, "truncated_upload", f"the upload ended after {received} of {expected or '?'} bytes")
+
+
+def _check(rt, folder, names):
+    """The package must verify against its manifest, list every file it brings, take the expected
+    input size, and run on a camera frame."""
+    try:
+        pkg = load_package(folder, verify=True)
+        unlisted = sorted(set(names) - set(pkg.files) - {MODEL_JSON})
+        if unlisted:
+            raise ModelError(f"{unlisted[0]} is not listed in {MODEL_JSON} 'files' (no checksum to verify it)")
+        expected = rt.expected_input()
+        if expected and (pkg.width, pkg.height) != expected:
+            raise ApiError(422, "wrong_input_size", f"the model takes {pkg.width}x{pkg.height} input; this device "
+                           f"runs {expected[0]}x{expected[1]} (the active model's, or setting model_input)", "input")
+        rt.prepare(folder)
+    except ModelError as exc:
+        code = "checksum_mismatch" if "SHA-256" in str(exc) or "content hash" in str(exc) else "invalid_package"
+        raise ApiError(422, code, str(exc).replace(str(folder) + "/", "")) from None
+    return pkg
+
+
+@blueprint.post("/models/<version>/activate")
+def activate(version):
+    require_token()
+    rt = runtime()
+    rt.activate(version)
+    return jsonify(rt.status()["models"])
+
+
+@blueprint.post("/models/rollback")
+def rollback():
+    require_token()
+    rt = runtime()
+    rt.rollback()
+    return jsonify(rt.status()["models"])
+
+
+@blueprint.delete("/models/<version>")
+def delete(version):
+    require_token()
+    runtime().delete_version(version)
+    return jsonify({"deleted": version})
