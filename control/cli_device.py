@@ -1,3 +1,261 @@
-"""deeplens-ctl verbs of this group (see control/cli.py)."""
+"""deeplens-ctl verbs of this group (see control/cli.py): swap-model, models, rollback, status,
+threshold, capture, watch, devices.
 
-COMMANDS = []
+Thin wrappers over control.device: a DeviceError (refusal, unreachable device, rollback)
+becomes a one-sentence ClickException and exit status 1. DEVICE is a URL or a name from
+~/.config/deeplens-kit/devices.yaml.
+"""
+import contextlib
+import functools
+import inspect
+import json
+import sys
+import time
+
+import click
+
+from . import device as dev
+
+DEVICE_HELP = "DEVICE is a URL (http://camera:8080) or a name from ~/.config/deeplens-kit/devices.yaml."
+
+
+def _client(func):
+    """Turn the DEVICE argument into a DeviceClient and device errors into sentences."""
+    @click.argument("device")
+    @functools.wraps(func)
+    def wrapper(device, **kwargs):
+        with _device_errors():
+            return func(dev.DeviceClient(device), **kwargs)
+    wrapper.__doc__ = inspect.cleandoc(func.__doc__) + "\n\n" + DEVICE_HELP
+    return wrapper
+
+
+@contextlib.contextmanager
+def _device_errors():
+    try:
+        yield
+    except dev.DeviceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
+
+
+def _echo_json(doc):
+    click.echo(json.dumps(doc, indent=2))
+
+
+def _detections_line(event):
+    boxes = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.2f}' for v in d['box'])}]"
+                      for d in event["detections"][:5])
+    more = f" (+{len(event['detections']) - 5})" if len(event["detections"]) > 5 else ""
+    return f"frame {event['seq']} by {event['model_version']}: {boxes}{more}"
+
+
+@click.command("swap-model")
+@_client
+@click.argument("package", type=click.Path(exists=True))
+@click.option("--no-activate", is_flag=True, help="Only upload and store it; activate later with "
+              "`curl -X POST .../models/VERSION/activate` or by running swap-model again.")
+@click.option("--wait", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="Seconds to wait for the device to call the model healthy and show its first detections "
+                   "(0: return once it is switched in).")
+@_json_option
+def swap_model(client, package, no_activate, wait, as_json):
+    """Send a model to a running device and switch to it without a restart.
+
+    PACKAGE is a model package folder (with model.json), a training run folder (its exported
+    model/ is sent), or a package .tar.gz. The device checks it (checksums, archive, input
+    size, a run on a camera frame), stores it, loads it beside the running model and switches
+    between two frames. It then watches the first frames; if the model fails (errors, NaN,
+    far too slow) the device goes back to the previous version by itself, and this command
+    exits with status 1 and the device's reason.
+
+    \b
+    Examples:
+      deeplens-ctl swap-model kitchen runs/banknotes/
+      deeplens-ctl swap-model http://camera:8080 model.tar.gz --wait 120
+      DEEPLENS_TOKEN=... deeplens-ctl swap-model camera:8080 runs/exp/model --no-activate
+    """
+    with contextlib.ExitStack() as stack:
+        bars = []
+
+        def start(total):
+            bars.append(stack.enter_context(click.progressbar(length=total, label="uploading", file=sys.stderr)))
+
+        result = dev.swap(client, package, activate=not no_activate, wait=wait,
+                          progress=lambda n: bars[0].update(n), progress_start=start)
+    if as_json:
+        _echo_json(result)
+        return
+    stored = result["stored"]
+    click.echo(f"stored {stored['name']} {stored['version']} ({stored['bytes'] / 1e6:.1f} MB)"
+               + (" - already on the device" if stored.get("note") else ""))
+    if "swap" in result:
+        swap = result["swap"]
+        click.echo(f"switched {swap['from'] or '(no model)'} -> {swap['to']} (warm-up {swap['warm_ms']} ms)")
+    if "status" in result:
+        click.echo(f"{result['version']} is active and passed its health check")
+    if result.get("first_detections"):
+        click.echo(_detections_line(result["first_detections"]))
+    elif "status" in result and not result.get("over_mqtt"):
+        click.echo("(the device's MQTT broker is out of reach: run `deeplens-ctl watch` where it is)")
+
+
+@click.command()
+@_client
+@_json_option
+def models(client, as_json):
+    """List the model versions stored on a device: active, rollback target, bad ones."""
+    doc = client.models()
+    if as_json:
+        _echo_json(doc)
+        return
+    if not doc["versions"]:
+        click.echo("no model versions stored (send one with deeplens-ctl swap-model)")
+    for entry in doc["versions"]:
+        mark = "*" if entry["version"] == doc["active"] else "<" if entry["version"] == doc["rollback_to"] else " "
+        bad = f"  BAD: {entry['bad']['reason']}" if entry["bad"] else ""
+        click.echo(f"{mark} {entry['version']}  {entry['name']:<16} {entry['input']['width']}x{entry['input']['height']}"
+                   f"  {entry['bytes'] / 1e6:6.1f} MB  added {entry['added']}{bad}")
+    click.echo("(* active, < rollback target)", err=True)
+
+
+@click.command()
+@_client
+@_json_option
+def rollback(client, as_json):
+    """Go back to the previous good model version (the device checks it again as it switches)."""
+    doc = client.rollback()
+    if as_json:
+        _echo_json(doc)
+    else:
+        swap = doc["last_swap"]
+        click.echo(f"rolled back {swap['from']} -> {swap['to']}")
+
+
+@click.command()
+@_client
+@_json_option
+def status(client, as_json):
+    """What a device is doing: model, speed, camera, MQTT, last swap and rollback."""
+    doc = client.status()
+    if as_json:
+        _echo_json(doc)
+        return
+    model = doc.get("model") or {}
+    figures = doc.get("models") or {}
+    click.echo(f"device      {doc['device_id']}  (up {doc['uptime_s']:.0f} s)")
+    click.echo(f"model       {model.get('name', '-')} {model.get('version', '')}"
+               + (f"  ({doc['model_error']})" if doc.get("model_error") else ""))
+    click.echo(f"speed       {doc['fps']} fps, inference p50 {doc['inference_ms']['p50']} ms; "
+               f"{doc['frames_processed']} frames, {doc['frames_dropped']} dropped, {doc['inference_errors']} errors")
+    click.echo(f"camera      {doc['camera']['source']} ({'connected' if doc['camera']['connected'] else 'disconnected'})")
+    click.echo(f"mqtt        {doc['mqtt'].get('broker') or 'off'} "
+               f"({'connected' if doc['mqtt'].get('connected') else 'not connected'})")
+    click.echo(f"threshold   {doc['threshold']['default']} {doc['threshold']['per_class'] or ''}".rstrip())
+    for key in ("last_swap", "last_rollback"):
+        if figures.get(key):
+            click.echo(f"{key.replace('_', ' '):<11} " + ", ".join(f"{k}={v}" for k, v in figures[key].items()))
+
+
+def _class_value(ctx, param, values):
+    parsed = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        try:
+            parsed[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
+    return parsed
+
+
+@click.command()
+@_client
+@click.argument("value", type=click.FloatRange(0, 1), required=False)
+@click.option("--class", "per_class", multiple=True, callback=_class_value, metavar="NAME=VALUE",
+              help="A per-class threshold (repeat for several); replaces the device's per-class values.")
+@_json_option
+def threshold(client, value, per_class, as_json):
+    """Show or set a device's detection threshold, live (kept across restarts).
+
+    \b
+    Examples:
+      deeplens-ctl threshold kitchen                 # show
+      deeplens-ctl threshold kitchen 0.5             # default for every class
+      deeplens-ctl threshold kitchen --class 1000=0.7 --class 2000=0.6
+    """
+    body = {**({"default": value} if value is not None else {}), **({"per_class": per_class} if per_class else {})}
+    doc = client.threshold(body or None)
+    if as_json:
+        _echo_json(doc)
+    else:
+        click.echo(f"default {doc['default']}" + "".join(f", {k} {v}" for k, v in doc["per_class"].items()))
+
+
+@click.command()
+@_client
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Image file to write.")
+@click.option("--format", "image_format", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True)
+@click.option("--crop", type=click.Choice(["none", "square"]), default="none", show_default=True,
+              help="'square' crops the centre as training frames are.")
+@click.option("--size", type=click.IntRange(16, 4096), help="Resize on the device to N px (longest side).")
+def capture(client, out, image_format, crop, size):
+    """Save one clean raw frame from a device's camera (no boxes drawn)."""
+    data, headers = client.capture(format=image_format, crop=crop, size=size)
+    with open(out, "wb") as f:
+        f.write(data)
+    click.echo(f"{out}: {headers.get('X-Frame-Width')}x{headers.get('X-Frame-Height')}, frame {headers.get('X-Frame-Seq')}")
+
+
+@click.command()
+@_client
+@click.option("-n", "--count", type=click.IntRange(1), help="Stop after this many events (default: until Ctrl-C).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds.")
+@_json_option
+def watch(client, count, timeout, as_json):
+    """Print a device's detection events as they arrive over MQTT (one JSON line each with --json)."""
+    with dev.Watcher(client) as watcher:
+        if not watcher.over_mqtt:
+            raise dev.DeviceError(f"cannot reach the device's MQTT broker ({watcher.broker or 'none configured'})")
+        deadline = time.monotonic() + (timeout or float("inf"))
+        seen = 0
+        while count is None or seen < count:
+            event = watcher.next("detections", min(deadline, time.monotonic() + 3600))
+            if event is None:
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            seen += 1
+            click.echo(json.dumps(event) if as_json else _detections_line(event))
+
+
+@click.command()
+@_json_option
+def devices(as_json):
+    """List the devices configured in ~/.config/deeplens-kit/devices.yaml (or DEEPLENS_DEVICES).
+
+    \b
+    The file:
+      devices:
+        kitchen:
+          url: http://192.168.1.20:8080
+          token: the-token-set-on-the-device
+        garage: http://garage.local:8080
+    """
+    with _device_errors():
+        found = dev.load_devices()
+    if as_json:
+        _echo_json({name: {"url": d.url, "token": bool(d.token)} for name, d in found.items()})
+        return
+    if not found:
+        click.echo(f"no devices configured in {dev.config_path()}", err=True)
+    for name, d in found.items():
+        click.echo(f"{name:<16} {d.url}{'  (token set)' if d.token else ''}")
+
+
+COMMANDS = [swap_model, models, rollback, status, threshold, capture, watch, devices]
