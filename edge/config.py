@@ -99,7 +99,7 @@ SETTINGS = [
     Setting("token", str, "", "Bearer token that model-store changes (upload, activate, rollback, delete) "
             "must send as 'Authorization: Bearer TOKEN'; without one they are refused."),
     Setting("keep_versions", int, 5, "Model versions the store keeps; older ones are pruned "
-            "(the active one and its rollback target always stay).", _positive),
+            "(the active one, its rollback target and the newest always stay).", _positive),
     Setting("max_upload_mb", float, 200.0, "Largest model package accepted, packed or unpacked, in MB.", _positive),
     Setting("model_input", str, "", "Input size, WIDTHxHEIGHT, an uploaded model must take (default: the active model's).",
             lambda v: _size(v) if v else None),

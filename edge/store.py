@@ -103,6 +103,10 @@ class Entry:
         return self.meta["version"]
 
     @property
+    def seq(self):
+        return self.info.get("seq", 0)
+
+    @property
     def added(self):
         return self.info.get("added", "")
 
@@ -172,7 +176,7 @@ class ModelStore:
                 log.warning("skipping an unreadable store folder", extra={"fields": {"path": folder, "error": exc}})
                 continue
             found.append(Entry(folder, meta, info))
-        return sorted(found, key=lambda e: (e.added, e.folder.name))
+        return sorted(found, key=lambda e: e.seq)
 
     def get(self, version):
         return next((e for e in self.entries() if e.version == version), None)
@@ -205,17 +209,18 @@ class ModelStore:
 
         Returns (entry, created); a version already stored is kept as it is.
         """
-        folder = pkg.folder
+        folder = Path(pkg.folder)
         target = self.root / f"{pkg.name}-{pkg.version}"
-        atomic_write_text(Path(folder) / ENTRY, json.dumps({"added": _now(), "bad": None}) + "\n")
-        for path in Path(folder).iterdir():
+        for path in folder.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        fsync_dir(folder)
         with self._lock:
-            existing = self.get(pkg.version)
+            entries = self.entries()
+            existing = next((e for e in entries if e.version == pkg.version), None)
             if existing is not None:
                 return existing, False
+            seq = max((e.seq for e in entries), default=0) + 1  # order of arrival, whatever the clock says
+            atomic_write_text(folder / ENTRY, json.dumps({"seq": seq, "added": _now(), "bad": None}) + "\n")
             os.rename(folder, target)
             fsync_dir(self.root)
         log.info("model version stored", extra={"fields": {"version": pkg.version, "folder": target.name}})
@@ -267,14 +272,14 @@ class ModelStore:
             self._remove(entry)
 
     def prune(self):
-        """Keep the newest `keep` versions; the active one and its rollback target always stay."""
+        """Keep `keep` versions, newest first; the active one, its rollback target and the newest
+        (just uploaded) always stay, even past `keep`."""
         with self._lock:
-            pointer = self.pointer()
-            kept = {pointer["version"], self.rollback_target(pointer)}
-            entries = self.entries()
-            for entry in entries[:max(0, len(entries) - self.keep)]:
-                if entry.version not in kept:
-                    self._remove(entry)
+            pointer, entries = self.pointer(), self.entries()
+            kept = {pointer["version"], self.rollback_target(pointer), entries[-1].version if entries else None} - {None}
+            others = [e for e in entries if e.version not in kept]
+            for entry in others[:max(0, len(others) - max(0, self.keep - len(kept)))]:
+                self._remove(entry)
 
     def _remove(self, entry):
         doomed = self.root / f"{DELETING}{entry.folder.name}"
