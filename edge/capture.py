@@ -10,6 +10,7 @@ import time
 import cv2
 
 from shims.quality import check_frame
+from shims.runtime import resize
 
 FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 
@@ -51,8 +52,7 @@ def shape(image, crop=None, size=None):
     if size:
         height, width = image.shape[:2]
         scale = size / max(height, width)
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+        image = resize(image, max(1, round(width * scale)), max(1, round(height * scale)))
     return image
 
 

@@ -8,13 +8,12 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import mxnet as mx
 import numpy as np
 
 from shims.errors import ModelError
 from shims.package import MODEL_JSON, load_package
-from shims.runtime import MXNetModel, ssd_rows
+from shims.runtime import MXNetModel, resize, ssd_rows
 
 log = logging.getLogger(__name__)
 CROPS = ("center", "stretch")
@@ -76,25 +75,22 @@ class Detector:
         frame_h, frame_w = image.shape[:2]
         region = crop_rect(frame_w, frame_h, self.model.width, self.model.height, self.crop)
         x, y, w, h = region
-        resized = cv2.resize(image[y:y + h, x:x + w], (self.model.width, self.model.height),
-                             interpolation=cv2.INTER_AREA)
-        return self.model.preprocess(resized), region
+        return self.model.preprocess(resize(image[y:y + h, x:x + w], self.model.width, self.model.height)), region
 
     def infer(self, batch):
         return self.model.forward(batch)
 
-    def postprocess(self, outputs, region, frame_size):
-        """Detections `[{class_id, label, score, box}]`, box [xmin, ymin, xmax, ymax] normalised to the frame."""
+    def postprocess(self, outputs, region, frame_size, min_score=0.0):
+        """Detections scoring at least `min_score`, as `[{class_id, label, score, box}]`, box
+        [xmin, ymin, xmax, ymax] normalised to the frame."""
+        rows = ssd_rows(outputs)
+        rows = rows[rows[:, 1] >= min_score]
         x, y, w, h = region
         frame_w, frame_h = frame_size
-        detections = []
-        for cls, score, x0, y0, x1, y1 in ssd_rows(outputs):
-            cls = int(cls)
-            box = [(x + min(max(x0, 0.0), 1.0) * w) / frame_w, (y + min(max(y0, 0.0), 1.0) * h) / frame_h,
-                   (x + min(max(x1, 0.0), 1.0) * w) / frame_w, (y + min(max(y1, 0.0), 1.0) * h) / frame_h]
-            detections.append({"class_id": cls, "label": self.label(cls), "score": round(float(score), 4),
-                               "box": [round(v, 5) for v in box]})
-        return detections
+        boxes = np.clip(rows[:, 2:6], 0.0, 1.0) * (w, h, w, h) + (x, y, x, y)
+        boxes = np.round(boxes / (frame_w, frame_h, frame_w, frame_h), 5).tolist()
+        return [{"class_id": int(cls), "label": self.label(int(cls)), "score": round(float(score), 4), "box": box}
+                for (cls, score), box in zip(rows[:, :2].tolist(), boxes)]
 
     def label(self, class_id):
         return self.classes[class_id] if 0 <= class_id < len(self.classes) else str(class_id)

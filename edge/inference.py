@@ -134,7 +134,7 @@ class InferenceLoop(threading.Thread):
         if gate is not None and gate.detector is detector and gate.observe(outputs, (t2 - t1) * 1000):
             self._settle(gate, True, gate.summary())
         height, width = frame.image.shape[:2]
-        detections = detector.postprocess(outputs, region, (width, height))
+        detections = detector.postprocess(outputs, region, (width, height), self.threshold.floor())
         kept = [d for d in detections if self.threshold.passes(d["label"], d["score"])]
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - grabbed) * 1000, infer=(t2 - t1) * 1000, postprocess=(t3 - t2) * 1000)

@@ -72,5 +72,9 @@ class Threshold:
         log.info("threshold changed", extra={"fields": doc})
         return doc
 
+    def floor(self):
+        """The lowest threshold of any class: detections below it can be dropped unlooked at."""
+        return min([self.default, *self.per_class.values()])
+
     def passes(self, label, score):
         return score >= self.per_class.get(label, self.default)

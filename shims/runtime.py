@@ -57,7 +57,7 @@ class MXNetModel:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR frame, got shape {getattr(frame, 'shape', None)}")
         if frame.shape[:2] != (self.height, self.width):
-            frame = cv2.resize(frame, (self.width, self.height))
+            frame = resize(frame, self.width, self.height)
         return np.ascontiguousarray(frame.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
 
     def forward(self, batch):
@@ -68,6 +68,17 @@ class MXNetModel:
 
     def infer(self, frame):
         return self.forward(self.preprocess(frame))
+
+
+def resize(image, width, height):
+    """Resize for a network or a training frame: area-averaged when shrinking, so thin texture
+    does not alias, at a fraction of INTER_AREA's cost on big frames (linear to twice the
+    target first, then an exact 2:1 area step)."""
+    h, w = image.shape[:2]
+    if w <= 2 * width or h <= 2 * height:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
+    image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def ssd_rows(outputs):
