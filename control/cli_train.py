@@ -1,7 +1,6 @@
 """deeplens-ctl verbs of this group (see control/cli.py): train, evaluate, predict,
 import-sagemaker, model dummy. Thin: parse, call control.train, print. MXNet is imported
 inside the verbs so that `--help` and the other groups do not pay for it."""
-import dataclasses
 import functools
 import json
 from pathlib import Path

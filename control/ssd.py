@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 
 import mxnet as mx
-from mxnet import gluon
 from mxnet.gluon import nn
 
 from shims.package import write_package

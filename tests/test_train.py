@@ -2,6 +2,7 @@
 exported package, resume after a kill, reproducibility and refusal of bad manifests."""
 import json
 
+import awscam
 import cv2
 import numpy as np
 import pytest
@@ -10,9 +11,9 @@ from control.train import TrainError
 from control.train.config import TrainConfig
 from control.train.data import read_manifest
 from control.train.inference import Detector
-from control.train.trainer import Callback, train_local
+from control.train.callbacks import Callback
+from control.train.trainer import train_local
 from control.train.transforms import TrainTransform
-from shims.runtime import MXNetModel, ssd_rows
 
 CLASSES = ["red", "blue"]
 
@@ -69,15 +70,15 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
     assert package.source["metrics"]["epoch"] >= 1
 
 
-def test_package_detections_match_the_device_runtime_and_the_training_graph(trained):
+def test_package_detections_match_the_device_shim_and_the_training_graph(trained):
     trainer, package, manifest = trained
     detector = Detector(package.folder)
-    runtime = MXNetModel(package.symbol_path, package.params_path, package.width, package.height)
-    for sample, image, gluon_rows in zip(trainer.val_data.samples, trainer.val_data.images, trainer.predict_val()):
-        rows = detector.predict(image)
-        device = ssd_rows(runtime.infer(image))
-        np.testing.assert_array_equal(rows[:, :2], device[:, :2])
-        np.testing.assert_allclose(rows[:, 2:] / 96, device[:, 2:], atol=1e-6)
+    device = awscam.Model(str(package.folder), {"GPU": 1})
+    for image, gluon_rows in zip(trainer.val_data.images, trainer.predict_val()):
+        rows = detector.predict(image)          # images are 96x96, the input size: same pixels
+        parsed = device.parseResult("ssd", device.doInference(image))["ssd"]
+        shim = np.array([[d["label"], d["prob"], d["xmin"], d["ymin"], d["xmax"], d["ymax"]] for d in parsed])
+        np.testing.assert_allclose(rows, shim.reshape(-1, 6), atol=1e-4)
         top = gluon_rows[np.argsort(-gluon_rows[:, 1], kind="stable")][:5]
         np.testing.assert_allclose(rows[:5], top, atol=1e-3)
 

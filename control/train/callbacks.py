@@ -1,4 +1,5 @@
-"""What happens around the loop: progress on stderr, metrics.csv, plots, stopping rules."""
+"""Named events around the training loop, and what listens to them: progress on stderr,
+metrics.csv, plots, stopping rules."""
 import csv
 import io
 import sys
@@ -9,7 +10,16 @@ import cv2
 from shims.fileio import atomic_write_text
 
 from . import plots
-from .trainer import Callback
+
+
+class Callback:
+    """Named events of the loop; override the ones you need."""
+
+    def on_train_start(self, trainer): pass
+    def on_epoch_start(self, trainer, batches): pass
+    def on_batch_end(self, trainer, logs): pass
+    def on_epoch_end(self, trainer, logs): pass
+    def on_train_end(self, trainer): pass
 
 
 class ProgressBar(Callback):

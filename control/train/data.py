@@ -5,6 +5,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from control.dataset import Collector, DatasetError, read
+from control.dataset.sagemaker import validate
+
 from . import TrainError
 
 
@@ -18,8 +21,6 @@ class Sample:
 def read_manifest(path):
     """(samples, class names) of an augmented manifest, read by control.dataset after its
     validator found no error: a manifest it refuses is refused here, with its messages."""
-    from control.dataset import Collector, DatasetError, read
-    from control.dataset.sagemaker import validate
     path = str(path)
     try:
         errors = [p for p in validate(Collector(), path) if p.severity == "error"]

@@ -10,6 +10,9 @@ from shims.errors import ModelError
 from shims.package import load_package
 from shims.runtime import MXNetModel, ssd_rows
 
+from .data import load_image
+from .metrics import DetectionMetric
+
 DETECTION_OP = "_contrib_MultiBoxDetection"
 
 
@@ -61,8 +64,6 @@ class Detector:
 
 def evaluate_model(detector, samples, threshold=0.5, progress=None):
     """An EvalResult of `detector` on `samples` (pixel boxes), frame by frame as on the device."""
-    from .data import load_image
-    from .metrics import DetectionMetric
     metric = DetectionMetric(detector.classes, threshold=threshold)
     for sample in (progress or (lambda items: items))(samples):
         metric.update(detector.predict(load_image(sample.path)), sample.boxes)

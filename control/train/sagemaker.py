@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mxnet as mx
 
+from control.dataset import read, write
 from control.dataset.sagemaker import DEFAULT_ATTRIBUTE
 
 from shims.errors import ModelError
@@ -139,7 +140,6 @@ def image_uri(region):
 def upload_channel(s3, manifest, bucket, prefix, channel, root, echo):
     """Upload the manifest's images below `root` (skipping those already there, same size) and
     the manifest rewritten with their s3:// refs; returns the manifest's URI."""
-    from control.dataset import read, write
     dataset, _ = read("sagemaker", str(manifest), strict=True)
     uploaded = 0
     for image in dataset.images:
@@ -186,7 +186,7 @@ def train_job(manifest, val_manifest, run_dir, role, bucket, prefix="deeplens-ki
               job_name=None, session=None, echo=print, poll_s=30):
     """Train with the built-in algorithm (augmented manifests in Pipe mode), download the
     artifact to `run_dir`/model.tar.gz and convert it into the package `run_dir`/model."""
-    import boto3
+    import boto3     # here: local training writes artifacts without loading boto3
     if not val_manifest:
         raise TrainError("SageMaker's object-detection algorithm needs a validation channel: pass --val")
     session = session or boto3.session.Session(region_name=region)

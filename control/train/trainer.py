@@ -16,13 +16,15 @@ import yaml
 from mxnet import autograd, gluon
 
 from control import ssd
-from shims.fileio import atomic_write_text
+from shims.fileio import atomic_write_text, sha256_file
 
 from . import TrainError
-from .data import DetectionData
-from .loss import SSDLoss
+from . import callbacks as cb
 from .config import ARGS, TrainConfig, lr_at
+from .data import DetectionData, read_manifest
+from .loss import SSDLoss
 from .metrics import DetectionMetric
+from .sagemaker import write_artifact
 from .transforms import TrainTransform, ValTransform
 
 STATE = "state.json"
@@ -30,16 +32,6 @@ STATE = "state.json"
 
 def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Callback:
-    """Named events of the loop; override the ones you need."""
-
-    def on_train_start(self, trainer): pass
-    def on_epoch_start(self, trainer, batches): pass
-    def on_batch_end(self, trainer, logs): pass
-    def on_epoch_end(self, trainer, logs): pass
-    def on_train_end(self, trainer): pass
 
 
 class Trainer:
@@ -50,7 +42,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.train_data = DetectionData(train_samples, TrainTransform(config.size, flip=config.flip))
         self.val_data = DetectionData(val_samples, ValTransform(config.size))
-        self.net = ssd.build(config.arch, len(self.classes), seed=config.seed)
+        try:
+            self.net = ssd.build(config.arch, len(self.classes), seed=config.seed)
+        except ValueError as exc:     # an unknown architecture: the message lists the known ones
+            raise TrainError(str(exc)) from None
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.deploy = ssd.DeployNet(self.net)
         self.deploy.hybridize(static_alloc=True)
@@ -61,6 +56,7 @@ class Trainer:
             options["momentum"] = 0.9
         self.trainer = gluon.Trainer(trainable, config.optimizer, options)
         self.epoch, self.best_map, self.elapsed, self.history, self.stop = 0, -1.0, 0.0, [], False
+        self.last_result = None     # the EvalResult of the latest validation
         self.batch_size = min(config.batch_size, len(self.train_data))
         self.batches_per_epoch = len(self.train_data) // self.batch_size
 
@@ -74,8 +70,8 @@ class Trainer:
         atomic_write_text(self.run_dir / ARGS, yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False))
 
     def save_checkpoint(self, best):
-        """last (and best) weights, optimizer state, then state.json last: a kill between
-        writes leaves the previous consistent checkpoint, as state.json names its epoch."""
+        """last (and best) weights and optimizer state, each replaced atomically, then
+        state.json, which commits the epoch: a kill before it costs that one epoch, no more."""
         self.weights.mkdir(parents=True, exist_ok=True)
         for name in ("last", "best") if best else ("last",):
             tmp = self.weights / f".{name}.params.tmp"
@@ -183,11 +179,6 @@ def to_pixels(rows, width, height):
 def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resume=False, callbacks=None):
     """Read the manifests, fit (or continue) runs/<name>/, export the best weights as
     `model/` (DeepLens package) and `model.tar.gz` (SageMaker layout). Returns (trainer, package)."""
-    from . import callbacks as cb
-    from .data import read_manifest
-    from .sagemaker import write_artifact
-    from shims.fileio import sha256_file
-
     run_dir = Path(runs_dir) / config.name
     if resume:
         if not (run_dir / ARGS).is_file():

@@ -1,0 +1,190 @@
+"""Benchmark of issue 5: train the default detector on the shared banknotes set from scratch
+within a time budget, evaluate it on a group-aware validation split, time the exported model.
+
+    python -m bench.train_banknotes [--minutes 15] [--arch mobilenet] [--speed-only]
+
+Prints a table and writes bench/results/train_banknotes.json. Training runs the real
+`deeplens-ctl train`, evaluation `deeplens-ctl evaluate`, in child processes (so that their
+peak memory and wall time are measured as a user would see them). Report the machine's load
+with the figures: on a shared machine the timings are perturbed.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import report
+
+REPO = Path(__file__).resolve().parent.parent
+BANKNOTES = REPO.parent / "shared" / "datasets" / "banknotes"
+RESULTS = report.RESULTS
+CLASSES = ["2000RUB", "1000RUB"]       # the set's README: class 0 = 2000 RUB note, 1 = 1000 RUB note
+BLOCK = 10                             # frames whose numbers share a block of 10 are one group
+
+
+def group_split(manifest, out, val_fraction=0.2, seed=0):
+    """Write train/val manifests of `manifest`, groups of consecutive frames kept together and
+    every folder (note and side) represented in validation; frames the dataset validator
+    rejects (broken captures) are left out. Returns (train path, val path, dropped lines)."""
+    from control.dataset import Collector
+    from control.dataset.sagemaker import validate
+    broken = {p.line for p in validate(Collector(), str(manifest)) if p.severity == "error"}
+    rows = [(n, json.loads(line)) for n, line in enumerate(Path(manifest).read_text().splitlines(), 1)
+            if line.strip() and n not in broken]
+    groups = {}
+    for n, row in rows:
+        folder, file = row["source-ref"].split("/")[-2:]
+        frame = int(re.search(r"(\d+)\.\w+$", file).group(1))
+        groups.setdefault(folder, {}).setdefault(frame // BLOCK, []).append(row)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for folder in sorted(groups):
+        blocks = [groups[folder][b] for b in sorted(groups[folder])]
+        total, taken = sum(map(len, blocks)), 0
+        for i in rng.permutation(len(blocks)):
+            chosen = taken < val_fraction * total
+            taken += len(blocks[i]) if chosen else 0
+            (val if chosen else train).extend(blocks[i])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, part in (("train", train), ("val", val)):
+        path = out / f"{name}.manifest"
+        with open(path, "w") as f:
+            for row in part:
+                folder, file = row["source-ref"].split("/")[-2:]
+                row = dict(row, **{"source-ref": str(BANKNOTES / folder / file),
+                                   "cash-metadata": {"class-map": dict(enumerate(CLASSES))}})
+                f.write(json.dumps(row) + "\n")
+        paths.append(path)
+    return paths[0], paths[1], sorted(broken)
+
+
+def ctl(*args):
+    """Run deeplens-ctl in a child; returns (stdout, wall seconds). Progress passes to stderr."""
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "deeplens-ctl"), *map(str, args)], cwd=REPO,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return done.stdout, time.monotonic() - started
+
+
+def time_package(folder, frame, repeats=200):
+    """Median and p90 ms per 300x300 frame, batch 1: the device runtime (MXNetModel: preprocess,
+    forward, rows) and, interleaved so both see the same machine load, the bare forward pass of
+    the same symbol and params as a hybridised Gluon SymbolBlock."""
+    import mxnet as mx
+    from shims.package import load_package
+    from shims.runtime import MXNetModel, ssd_rows
+    pkg = load_package(folder)
+    runtime = MXNetModel.from_package(pkg)
+    block = mx.gluon.SymbolBlock.imports(str(pkg.symbol_path), ["data"], str(pkg.params_path))
+    block.hybridize(static_alloc=True, static_shape=True)
+    data = mx.nd.array(runtime.preprocess(frame))
+    steps = {"runtime": lambda: ssd_rows(runtime.infer(frame)), "bare_forward": lambda: block(data).wait_to_read()}
+    times = {name: [] for name in steps}
+    for i in range(repeats + 10):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            if i >= 10:
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"median_ms": round(float(np.median(t)), 2), "p90_ms": round(float(np.percentile(t, 90)), 2)}
+            for name, t in times.items()}
+
+
+def device_matches_predict(package, manifest):
+    """Whether the shim's awscam.Model gives, on every validation image, the detections that
+    `deeplens-ctl predict` prints (acceptance of issue 5)."""
+    import awscam
+    model = awscam.Model(package, {"GPU": 1})
+    paths = [json.loads(line)["source-ref"] for line in open(manifest)]
+    predicted = [json.loads(line) for line in ctl("predict", package, *paths, "--threshold", 0)[0].splitlines()]
+    import cv2
+    worst = 0.0
+    for path, printed in zip(paths, predicted):
+        parsed = model.parseResult("ssd", model.doInference(cv2.imread(path)))["ssd"]
+        if [d["label"] for d in parsed] != [d["class_id"] for d in printed["detections"]]:
+            return {"match": False, "image": path}
+        for d, p in zip(parsed, printed["detections"]):
+            worst = max(worst, abs(d["prob"] - p["score"]), *(abs(a - b) for a, b in zip(
+                (d["xmin"], d["ymin"], d["xmax"], d["ymax"]), p["pixels"])))
+    return {"match": worst < 0.1, "images": len(paths), "max_abs_difference": round(worst, 4)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=15, help="training time budget")
+    parser.add_argument("--arch", default="mobilenet")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed-only", action="store_true", help="time both architectures, train nothing")
+    args = parser.parse_args()
+    import cv2
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    figures = {"load_before": [round(v, 2) for v in os.getloadavg()], "args": vars(args)}
+    train, val, dropped = group_split(BANKNOTES / "sg-manifest.manifest", RESULTS / "banknotes-split")
+    figures["split"] = {"train": sum(1 for _ in open(train)), "val": sum(1 for _ in open(val)), "dropped_lines": dropped}
+    frame = cv2.imread(json.loads(open(val).readline())["source-ref"])
+    packages = {}
+    if not args.speed_only:
+        name = f"bench-{args.arch}-{stamp}"
+        command = ["train", train, "--val", val, "--name", name, "--arch", args.arch, "--runs-dir", RESULTS / "runs",
+                   "--time-budget", args.minutes, "--seed", args.seed, "--flip", "rot180",
+                   "--class-names", ",".join(CLASSES), "--json"]
+        out, wall = ctl(*command)
+        trained = json.loads(out.strip().splitlines()[-1])
+        evaluation = json.loads(ctl("evaluate", trained["package"], val, "--json")[0])
+        history = list(csv_rows(Path(trained["run"]) / "metrics.csv"))
+        figures["training"] = {
+            "command": "deeplens-ctl " + " ".join(map(str, command)), "wall_s": round(wall, 1),
+            "train_s": trained["seconds"], "epochs": trained["epochs"], "best_epoch": trained["best_epoch"],
+            "images_per_s": round(float(np.mean([float(r["images_per_s"]) for r in history])), 1),
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+            **{k: round(evaluation[k], 4) for k in ("map50", "map50_voc07", "map_coco", "best_f1", "best_threshold")},
+            "per_class_ap50": {r["name"]: round(r["ap50"], 4) for r in evaluation["per_class"]},
+            "confusion": evaluation["confusion"]}
+        figures["device_matches_predict"] = device_matches_predict(trained["package"], val)
+        packages[args.arch] = trained["package"]
+    from control.ssd import dummy_package
+    for arch in ("mobilenet", "resnet"):
+        folder = packages.get(arch) or dummy_package(RESULTS / "speed" / arch, name=arch, arch=arch).folder
+        figures.setdefault("speed", {})[arch] = {"package": str(folder), **time_package(folder, frame)}
+    report.table(table_rows(figures), ["figure", "value", "target"])
+    report.save("train_banknotes", figures)
+
+
+def csv_rows(path):
+    import csv
+    with open(path) as f:
+        yield from csv.DictReader(f)
+
+
+def table_rows(figures):
+    rows = []
+    if "training" in figures:
+        t = figures["training"]
+        rows += [("mAP@0.5 (VOC all-point), val", f"{t['map50']:.4f}", ">= 0.95"),
+                 ("mAP@0.5 (VOC 11-point), val", f"{t['map50_voc07']:.4f}", ""),
+                 ("mAP@[.5:.95] (COCO), val", f"{t['map_coco']:.4f}", ""),
+                 ("training s / wall s of the command", f"{t['train_s']:.0f} / {t['wall_s']:.0f}", "<= 900"),
+                 ("epochs (best)", f"{t['epochs']} ({t['best_epoch']})", ""),
+                 ("training images/s", f"{t['images_per_s']:.1f}", ""),
+                 ("training peak memory MB", f"{t['peak_memory_mb']}", "<= 3072")]
+    for arch, s in figures["speed"].items():
+        rows += [(f"{arch}: device runtime ms/frame (median, p90)",
+                  f"{s['runtime']['median_ms']:.2f}, {s['runtime']['p90_ms']:.2f}", "<= 8" if arch == "mobilenet" else ""),
+                 (f"{arch}: bare forward ms/frame (median, p90)",
+                  f"{s['bare_forward']['median_ms']:.2f}, {s['bare_forward']['p90_ms']:.2f}", "")]
+    rows.append(("load average (1 min) before / after", f"{figures['load_before'][0]:.2f} / {os.getloadavg()[0]:.2f}",
+                 f"{os.cpu_count()} CPUs"))
+    return [dict(zip(("figure", "value", "target"), row)) for row in rows]
+
+
+if __name__ == "__main__":
+    main()
