@@ -92,6 +92,16 @@ def _clean_deeplens_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+@pytest.fixture(autouse=True)
+def _stop_services_a_test_left_running():
+    """Services a test started and did not stop are stopped after it (fixture-held ones are kept)."""
+    from edge_service import EdgeService
+    before = set(EdgeService.running)
+    yield
+    for service in EdgeService.running - before:
+        service.stop()
+
+
 @pytest.fixture
 def edge_service(tmp_path):
     """Start `deeplens-edge serve` with extra arguments: `edge_service('--camera', 'synthetic')`."""

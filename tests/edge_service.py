@@ -1,4 +1,5 @@
 """Run `deeplens-edge serve` as a real process on a free port, for tests and benchmarks."""
+import ctypes
 import os
 import signal
 import subprocess
@@ -10,7 +11,14 @@ import requests
 from conftest import free_port
 
 
+def _die_with_parent():
+    """In the child: get SIGTERM when the process that started it dies, so no service outlives a test run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class EdgeService:
+    running = set()  # started and not yet stopped; conftest stops what a test leaves running
+
     def __init__(self, tmp_path, *args, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -23,7 +31,9 @@ class EdgeService:
     def start(self, timeout=30):
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", *self.args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     preexec_fn=_die_with_parent)
+        EdgeService.running.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -45,6 +55,7 @@ class EdgeService:
                 self.proc.wait()
         if self.proc:
             self._log.close()
+        EdgeService.running.discard(self)
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
