@@ -251,7 +251,7 @@ class Watcher:
         paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         paho.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in self.topics])
         paho.on_subscribe = lambda c, u, mid, rcs, p: subscribed.put(True)
-        paho.on_message = lambda c, u, m: self.queues[self.topics[m.topic]].put(m.payload)
+        paho.on_message = lambda c, u, m: self.queues[self.topics[m.topic]].put((time.monotonic(), m.payload))
         paho.connect_timeout = timeout
         try:
             paho.connect(*self.broker)
@@ -278,15 +278,20 @@ class Watcher:
 
     def next(self, kind, deadline):
         """The next `kind` ('status' or 'detections') document before `deadline`, else None."""
+        return self._take(kind, deadline)[1]
+
+    def _take(self, kind, deadline):
+        """(when it arrived, document), or (None, None) at the deadline."""
         if not self.over_mqtt:
             if kind != "status" or time.monotonic() >= deadline:
-                return None
+                return None, None
             time.sleep(POLL_S)
-            return self.client.status()
+            return time.monotonic(), self.client.status()
         try:
-            return json.loads(self.queues[kind].get(timeout=max(0.0, deadline - time.monotonic())))
+            arrived, payload = self.queues[kind].get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            return None
+            return None, None
+        return arrived, json.loads(payload)
 
     def wait_outcome(self, swap, deadline):
         """Wait until the swap `swap` (a last_swap document) passes its health check; raises
@@ -307,11 +312,12 @@ class Watcher:
                 raise DeviceError(f"the device rolled {swap['to']} back to {models.get('active')}: {reason}")
 
     def first_detections(self, version, deadline):
-        """The first detection event made by `version`, or None (no MQTT, or none before the deadline)."""
+        """(arrival time, event) of the first detection event by `version`; (None, None) without
+        MQTT or when none came before the deadline."""
         while True:
-            event = self.next("detections", deadline)
+            arrived, event = self._take("detections", deadline)
             if event is None or event.get("model_version") == version:
-                return event
+                return arrived, event
 
 
 def swap(client, path, activate=True, wait=60.0, progress=None, progress_start=None):
@@ -337,6 +343,8 @@ def swap(client, path, activate=True, wait=60.0, progress=None, progress_start=N
         result["status"] = watcher.wait_outcome(models["last_swap"], deadline)["models"]
         result["over_mqtt"] = watcher.over_mqtt
         if watcher.over_mqtt:
-            result["first_detections"] = watcher.first_detections(stored["version"], max(deadline, time.monotonic() + 5))
-            result["first_detection_s"] = round(time.monotonic() - started, 3)
+            arrived, event = watcher.first_detections(stored["version"], max(deadline, time.monotonic() + 5))
+            if event is not None:
+                result["first_detections"] = event
+                result["first_detection_s"] = round(arrived - started, 3)
         return result

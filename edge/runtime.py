@@ -8,6 +8,7 @@ Model swaps (activate, rollback) load and warm the new detector in the caller's 
 the loop keeps serving the old one, switch it in between two frames, and let a HealthGate
 watch its first frames; one swap runs at a time, the others are told 409.
 """
+import concurrent.futures
 import datetime
 import functools
 import logging
@@ -59,6 +60,9 @@ class Runtime:
         self.threshold = self.grabber = self.publisher = self.loop = None
         self.store = ModelStore(config.store_path, keep=config.keep_versions)
         self._swap_lock = threading.Lock()
+        # One thread loads every model: MXNet keeps per-thread caches (~6 MB a thread here), so
+        # loading in whichever HTTP thread asked would grow the service with each new thread.
+        self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model loader")
         self.swap, self.last_swap, self.last_rollback = IDLE, None, None
 
     @property
@@ -89,6 +93,7 @@ class Runtime:
 
     def stop(self):
         self._stop_event.set()
+        self._loader.shutdown(wait=False, cancel_futures=True)
         for part in (self.loop, self.publisher, self.grabber, self._broker):
             if part is not None:
                 part.stop()
@@ -136,6 +141,9 @@ class Runtime:
 
     def prepare(self, folder):
         """Load a package and warm it up on the latest camera frame, beside the serving model."""
+        return self._loader.submit(self._prepare, folder).result()
+
+    def _prepare(self, folder):
         detector = Detector(folder, crop=self.config.crop)
         frame = self.grabber.latest()
         width, height = self.config.frame_dims
