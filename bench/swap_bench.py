@@ -95,12 +95,13 @@ def main():
             dropped_before = client.status()["frames_dropped"]
             time.sleep(args.baseline)
             baseline = events.drain()
-            first_detection, windows = [], []
+            first_detection, windows, rss = [], [], []
             for i, pkg in enumerate(packages[1:], 1):
                 start = time.monotonic()
                 result = swap(client, pkg.folder, wait=60)
                 windows.append((start, time.monotonic()))
                 first_detection.append(result["first_detection_s"] * 1000)
+                rss.append(process.memory_info().rss)
                 print(f"swap {i}/{args.swaps}: {result['version']} first detection after "
                       f"{first_detection[-1]:.0f} ms", file=sys.stderr)
             time.sleep(1)
@@ -131,7 +132,8 @@ def main():
         "max_gap_ratio": round(max(in_windows) / normal_gap, 2),
         "upload_to_first_detection_ms": {"median": round(statistics.median(first_detection)),
                                          "max": round(max(first_detection))},
-        "rss_mb": {"before": round(rss_before / 2**20, 1), "after": round(rss_after / 2**20, 1)},
+        "rss_mb": {"before": round(rss_before / 2**20, 1), "after_half": round(rss[len(rss) // 2 - 1] / 2**20, 1),
+                   "after": round(rss_after / 2**20, 1), "after_each_swap": [round(v / 2**20, 1) for v in rss]},
     }
     table([
         {"figure": "frames skipped during swaps", "value": swap_skipped, "note": f"{len(during)} frames processed"},
@@ -145,8 +147,8 @@ def main():
         {"figure": "largest gap during swaps / normal gap", "value": figures["max_gap_ratio"]},
         {"figure": "upload start -> first detection, median / max (ms)",
          "value": f"{figures['upload_to_first_detection_ms']['median']} / {figures['upload_to_first_detection_ms']['max']}"},
-        {"figure": "service RSS before / after (MB)",
-         "value": f"{figures['rss_mb']['before']} / {figures['rss_mb']['after']}"},
+        {"figure": "service RSS before / half-way / after (MB)",
+         "value": f"{figures['rss_mb']['before']} / {figures['rss_mb']['after_half']} / {figures['rss_mb']['after']}"},
     ], ["figure", "value", "note"])
     save("swap_bench", figures)
 
