@@ -115,7 +115,11 @@ class Runtime:
     def _recover_store(self):
         """Clear a crash's leftovers. A version killed during its health check goes back to trial:
         the service starts on the version before it, then checks it again. Returns that version."""
-        pointer = self.store.recover()
+        try:
+            pointer = self.store.recover()
+        except OSError as exc:  # e.g. an artifacts folder this user cannot write: serve without a store
+            log.warning("model store unavailable", extra={"fields": {"path": self.store.root, "error": exc}})
+            return None
         if not pointer["trial"]:
             return None
         target = self.store.rollback_target(pointer)

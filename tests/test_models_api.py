@@ -4,7 +4,6 @@ Each refused upload must leave the store as it was: same versions, same pointer,
 folder left behind.
 """
 import io
-import json
 import shutil
 import socket
 import subprocess
