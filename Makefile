@@ -17,8 +17,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 system-deps:
-	@command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; }
+	@command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null && command -v openssl >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl; }
 
 demo: setup
 	$(BIN)/deeplens-edge demo

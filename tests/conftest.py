@@ -1,4 +1,5 @@
 """Fixtures shared by the whole suite: a real mosquitto broker, a tiny model, free ports."""
+import getpass
 import os
 import shutil
 import socket
@@ -10,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BANKNOTES = REPO.parent / "shared" / "datasets" / "banknotes"
+
+
+# mosquitto started as root drops to the `mosquitto` user, which cannot read a test's private
+# folder; keep it as whoever runs the tests.
+BROKER_USER = f"user {getpass.getuser()}\n"
 
 
 def free_port():
@@ -37,7 +43,7 @@ class Mosquitto:
         self.port = free_port()
         self.proc = None
         conf = self.folder / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{BROKER_USER}"
                         f"persistence true\npersistence_location {self.folder}/\n")
         self.conf = conf
 

@@ -136,8 +136,10 @@ def test_broker_restart_loses_no_event(mosquitto, subscribers, publishers):
     for seq in range(1, 101):  # at once: the publisher may not even know yet that the broker is gone
         pub.publish_detections(event(seq))
     mosquitto.start()
-    got = [json.loads(m.payload)["seq"] for m in sub.take(100, timeout=30)]
-    assert got == list(range(1, 101))
+    # QoS 1 is at-least-once: the broker may deliver again what was in flight when it stopped.
+    got = [json.loads(m.payload)["seq"] for m in sub.take(101, timeout=10)]
+    new = [seq for seq in got if seq > 0]
+    assert new == list(range(1, 101)) and len(got) - len(new) <= 1
     wait_until(lambda: pub.stats()["queued"] == 0)
     assert pub.stats()["dropped"] == 0
 
