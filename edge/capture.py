@@ -43,17 +43,39 @@ def grab_clean(grabber, deadline, live=True):
 
 
 def shape(image, crop=None, size=None):
-    """Crop (`square`: the centre square, as DeepLens capture code does) then resize so the longer side is `size`."""
+    """Crop (`square`: the centre square, as DeepLens capture code does), then resize so the longer
+    side is `size`. Returns (image, (x, y, scale_x, scale_y)): where the output starts in the input
+    and how much it was scaled, for mapping boxes."""
+    x = y = 0
     if crop == "square":
         height, width = image.shape[:2]
         side = min(height, width)
         y, x = (height - side) // 2, (width - side) // 2
         image = image[y:y + side, x:x + side]
+    scale_x = scale_y = 1.0
     if size:
         height, width = image.shape[:2]
         scale = size / max(height, width)
-        image = resize(image, max(1, round(width * scale)), max(1, round(height * scale)))
-    return image
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        image = resize(image, new_w, new_h)
+        scale_x, scale_y = new_w / width, new_h / height
+    return image, (x, y, scale_x, scale_y)
+
+
+def map_truth(truth, mapping, width, height, min_visible=0.5):
+    """The synthetic camera's true boxes in the pixels of a shaped `width` x `height` image;
+    objects the crop cuts to less than `min_visible` of their area are left out."""
+    x, y, scale_x, scale_y = mapping
+    mapped = []
+    for obj in truth:
+        x0, y0, x1, y1 = obj["box"]
+        box = [(x0 - x) * scale_x, (y0 - y) * scale_y, (x1 - x) * scale_x, (y1 - y) * scale_y]
+        kept = [min(max(box[0], 0), width), min(max(box[1], 0), height),
+                min(max(box[2], 0), width), min(max(box[3], 0), height)]
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        if area > 0 and (kept[2] - kept[0]) * (kept[3] - kept[1]) >= min_visible * area:
+            mapped.append({"class_id": obj["class_id"], "label": obj["label"], "box": [round(v, 1) for v in kept]})
+    return mapped
 
 
 def encode(image, fmt="jpeg", quality=95):

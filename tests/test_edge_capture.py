@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.capture import map_truth, shape
+
 SMALL = ("--frame-size", "640x360", "--broker", "none")
 
 
@@ -109,3 +111,19 @@ def test_no_clean_frame_answers_503_with_the_reasons(edge_service):
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "no_clean_frame" and "band" in error["message"]
+
+
+def test_true_boxes_follow_the_crop_and_resize():
+    image = np.zeros((100, 200, 3), np.uint8)
+    shaped, mapping = shape(image, "square", 50)
+    assert shaped.shape == (50, 50, 3) and mapping == (50, 0, 0.5, 0.5)
+    truth = [{"class_id": 0, "label": "note_2000", "box": [60, 10, 100, 50]},
+             {"class_id": 1, "label": "note_1000", "box": [0, 0, 60, 40]}]  # three quarters outside the square
+    assert map_truth(truth, mapping, 50, 50) == [{"class_id": 0, "label": "note_2000", "box": [5.0, 5.0, 25.0, 25.0]}]
+
+
+def test_a_synthetic_camera_sends_its_true_boxes(service):
+    response = service.get("/capture", params={"crop": "square", "size": 300})
+    truth = json.loads(response.headers["X-Frame-Truth"])
+    assert all(0 <= v <= 300 for obj in truth for v in obj["box"])
+    assert {obj["label"] for obj in truth} <= {"note_2000", "note_1000"}

@@ -88,3 +88,22 @@ def test_near_duplicates_of_kept_frames_are_skipped(device, tmp_path):
     with pytest.raises(PullError, match="near-duplicates of kept ones"):
         puller.run(count=5, interval=0)
     assert puller.kept == 1
+
+
+def test_frames_from_a_synthetic_camera_come_labelled(device, tmp_path):
+    """The synthetic camera's true boxes travel in the sidecars and become the manifest's labels."""
+    from control.cli_dataset import labels
+    frames, manifest = tmp_path / "frames", tmp_path / "auto.manifest"
+    assert CliRunner().invoke(pull, [device.url, "-n", "4", "--interval-ms", "300", "-o", str(frames)]).exit_code == 0
+    result = CliRunner().invoke(labels, ["import", "-f", "images", str(frames), "-o", str(manifest)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    truth = {json.loads(p.read_text())["file"]: json.loads(p.read_text())["truth"] for p in frames.glob("*.json")}
+    assert len(lines) == 4 and sum(len(t) for t in truth.values()) > 0
+    for line in lines:
+        label = next(v for k, v in line.items() if isinstance(v, dict) and "annotations" in v)
+        expected = truth[line["source-ref"].rsplit("/", 1)[-1]]
+        got = [(a["left"], a["top"], a["left"] + a["width"], a["top"] + a["height"]) for a in label["annotations"]]
+        assert len(got) == len(expected)
+        for (x0, y0, x1, y1), obj in zip(got, expected):
+            assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), obj["box"])) <= 1.0

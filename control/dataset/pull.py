@@ -120,6 +120,8 @@ class Puller:
                 "time": datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(),
                 "timestamp": timestamp, "width": pixels.shape[1], "height": pixels.shape[0],
                 "capture": self.params, "dhash": f"{digest:016x}"}
+        if headers.get("X-Frame-Truth"):  # a synthetic camera labels its own frames
+            meta["truth"] = json.loads(headers["X-Frame-Truth"])
         atomic_write_bytes(os.path.join(self.folder, image_file), data)
         atomic_write_text(os.path.join(self.folder, name + ".json"), json.dumps(meta, indent=1) + "\n")
         self.hashes.append(digest)

@@ -16,11 +16,15 @@ from .model import DatasetError, Problem
 
 
 def read_images(collector, path, **_):
-    """Images without labels: a file, or every image below a folder (for an unlabelled manifest)."""
+    """Images as they are: a file, or every image below a folder. Unlabelled, unless a `pull`
+    sidecar beside an image holds the true boxes a synthetic camera sent (its `truth`)."""
     files = [path] if os.path.isfile(path) else sorted(
         p for p in glob.glob(os.path.join(path, "**", "*"), recursive=True) if p.lower().endswith(IMAGE_EXTENSIONS))
     for file in files:
-        collector.add(file, None, os.path.abspath(file), [])
+        sidecar = os.path.splitext(file)[0] + ".json"
+        truth = load_json(sidecar).get("truth", []) if os.path.isfile(sidecar) else []
+        boxes = [(obj["label"], *obj["box"], f"truth[{i}]") for i, obj in enumerate(truth)]
+        collector.add(sidecar if truth else file, None, os.path.abspath(file), boxes)
 
 
 def load_json(path):

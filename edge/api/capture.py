@@ -1,4 +1,8 @@
-"""GET /capture: clean raw frames for training, one or a burst."""
+"""GET /capture: clean raw frames for training, one or a burst.
+
+A synthetic camera knows where every note is: its frames carry the true boxes (X-Frame-Truth),
+so frames pulled from it are labelled already (`deeplens-ctl labels import -f images`).
+"""
 import io
 import json
 import time
@@ -7,7 +11,7 @@ import zipfile
 
 from flask import Blueprint, Response
 
-from ..capture import FORMATS, NoCleanFrame, encode, grab_clean, shape
+from ..capture import FORMATS, NoCleanFrame, encode, grab_clean, map_truth, shape
 from ..errors import ApiError
 from . import query, runtime
 
@@ -23,10 +27,14 @@ OPTIONS = {
 }
 
 
-def _frame_headers(frame, image):
+def _frame_headers(frame, image, mapping):
+    """Timestamp, sequence number and size; and for a synthetic camera the true boxes in this image's pixels."""
     height, width = image.shape[:2]
-    return {"X-Frame-Timestamp": f"{frame.ts:.6f}", "X-Frame-Seq": str(frame.seq),
-            "X-Frame-Width": str(width), "X-Frame-Height": str(height)}
+    headers = {"X-Frame-Timestamp": f"{frame.ts:.6f}", "X-Frame-Seq": str(frame.seq),
+               "X-Frame-Width": str(width), "X-Frame-Height": str(height)}
+    if frame.truth is not None:
+        headers["X-Frame-Truth"] = json.dumps(map_truth(frame.truth, mapping, width, height), separators=(",", ":"))
+    return headers
 
 
 def _grab(rt, opts):
@@ -34,8 +42,8 @@ def _grab(rt, opts):
         frame, _ = grab_clean(rt.grabber, rt.config.capture_deadline, live=rt.camera_is_live)
     except NoCleanFrame as exc:
         raise ApiError(503, "no_clean_frame", str(exc)) from None
-    image = shape(frame.image, None if opts["crop"] == "none" else opts["crop"], opts["size"] or None)
-    return frame, image, encode(image, opts["format"])
+    image, mapping = shape(frame.image, None if opts["crop"] == "none" else opts["crop"], opts["size"] or None)
+    return encode(image, opts["format"]), _frame_headers(frame, image, mapping)
 
 
 @blueprint.get("/capture")
@@ -44,8 +52,8 @@ def capture():
     rt, opts = runtime(), query(OPTIONS)
     extension, mimetype = FORMATS[opts["format"]]
     if opts["count"] == 1:
-        frame, image, data = _grab(rt, opts)
-        return Response(data, mimetype=mimetype, headers=_frame_headers(frame, image))
+        data, headers = _grab(rt, opts)
+        return Response(data, mimetype=mimetype, headers=headers)
     shots = []
     for i in range(opts["count"]):
         if i and opts["interval_ms"]:
@@ -60,10 +68,13 @@ def _zip(shots, extension):
     buffer = io.BytesIO()
     index = []
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for frame, image, data in shots:
-            name = f"frame-{frame.seq:08d}{extension}"
+        for data, headers in shots:
+            name = f"frame-{int(headers['X-Frame-Seq']):08d}{extension}"
             archive.writestr(name, data)
-            index.append({"file": name, **{k[8:].lower(): v for k, v in _frame_headers(frame, image).items()}})
+            entry = {"file": name, **{k[8:].lower(): v for k, v in headers.items()}}
+            if "truth" in entry:
+                entry["truth"] = json.loads(entry["truth"])
+            index.append(entry)
         archive.writestr("index.json", json.dumps(index, indent=1))
     return Response(buffer.getvalue(), mimetype="application/zip",
                     headers={"Content-Disposition": "attachment; filename=capture.zip"})
@@ -72,8 +83,8 @@ def _zip(shots, extension):
 def _multipart(shots, mimetype):
     boundary = uuid.uuid4().hex
     parts = []
-    for frame, image, data in shots:
-        head = "".join(f"{k}: {v}\r\n" for k, v in _frame_headers(frame, image).items())
+    for data, headers in shots:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         parts.append(f"--{boundary}\r\nContent-Type: {mimetype}\r\nContent-Length: {len(data)}\r\n{head}\r\n".encode()
                      + data + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()

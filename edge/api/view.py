@@ -16,7 +16,7 @@ COLOURS = [(0, 200, 255), (255, 120, 0), (60, 220, 60), (200, 60, 220), (0, 80, 
 
 def annotate(result, size):
     """The frame of `result`, resized, with its detections drawn."""
-    image = shape(result.frame.image, size=size or None).copy()
+    image = shape(result.frame.image, size=size or None)[0].copy()
     height, width = image.shape[:2]
     for det in result.detections:
         x0, y0, x1, y1 = (int(round(v * s)) for v, s in zip(det["box"], (width, height, width, height)))
