@@ -62,16 +62,19 @@ def serve(config_file, **flags):
 def demo(config_file, **flags):
     """Zero-setup demo: `serve` on a synthetic camera, an embedded broker and a random-weight model.
 
-    Creates a demo model in the artifacts folder (default ./demo-artifacts) if none is there,
-    then prints the live-view URL and the MQTT topic to subscribe to.
+    Defaults differ from `serve` only where a demo needs it: models in ./demo-artifacts (a
+    random-weight one is made if none is there), state in ./demo-state, and a token for the
+    model store kept there, printed with the live-view URL and the MQTT topic to watch.
     """
-    from .runtime import serve_forever, prepare_demo
-    flags.setdefault("artifacts", None)
-    config = load_config(config_file, {"artifacts": "demo-artifacts", "state_dir": "demo-state",
-                                       "threshold": 0.5, **{k: v for k, v in flags.items() if v is not None}})
+    from .runtime import prepare_demo, serve_forever
+    try:
+        base = config_mod.load(env={}, overrides={"artifacts": "demo-artifacts", "state_dir": "demo-state",
+                                                   "threshold": 0.5})
+        config = config_mod.load(config_file, overrides=flags, base=base)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     setup_logging(config.log_level)
-    prepare_demo(config)
-    sys.exit(serve_forever(config, announce=True))
+    sys.exit(serve_forever(prepare_demo(config), announce=True))
 
 
 @main.command("run-lambda")

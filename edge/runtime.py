@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime
 import functools
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 
 from shims.camera import FrameGrabber
 from shims.errors import ModelError
+from shims.fileio import atomic_write_text
 
 from . import events
 from .broker import start_broker
@@ -291,13 +293,7 @@ def serve_forever(config, announce=False):
                            max_request_body_size=int(config.max_upload_mb * MB) + MB)  # + multipart framing
     port = server.effective_port
     if announce:
-        print(f"deeplens-edge is running:\n"
-              f"  live view   http://{config.host}:{port}/stream\n"
-              f"  a frame     curl http://{config.host}:{port}/capture -o frame.jpg\n"
-              f"  status      curl http://{config.host}:{port}/status\n"
-              f"  detections  mosquitto_sub -h {(runtime.broker_address or 'none:0').rpartition(':')[0]} "
-              f"-p {(runtime.broker_address or 'none:0').rpartition(':')[2]} -t 'deeplens/{config.device}/detections'\n"
-              f"Stop with Ctrl-C.", flush=True)
+        print(announcement(config, port, runtime.broker_address), flush=True)
     log.warning("serving", extra={"fields": {"url": f"http://{config.host}:{port}", "broker": runtime.broker_address}})
 
     def shutdown(signum, frame):
@@ -316,8 +312,22 @@ def serve_forever(config, announce=False):
     return 0
 
 
+def announcement(config, port, broker_address):
+    """What a person starting the service by hand wants to know first."""
+    url = f"http://{config.host}:{port}"
+    lines = ["deeplens-edge is running:", f"  live view   {url}/stream", f"  a frame     curl {url}/capture -o frame.jpg",
+             f"  status      curl {url}/status"]
+    if broker_address:
+        host, _, broker_port = broker_address.rpartition(":")
+        lines.append(f"  detections  mosquitto_sub -h {host} -p {broker_port} -t 'deeplens/{config.device}/detections'")
+    if config.token:
+        lines.append(f"  new models  export DEEPLENS_TOKEN={config.token}; deeplens-ctl swap-model {url} runs/NAME")
+    return "\n".join(lines + ["Stop with Ctrl-C."])
+
+
 def prepare_demo(config):
-    """Give the demo a model to run: a random-weight package, unless one is there already."""
+    """The demo's config, ready to run: a random-weight model unless one is there, and a model-store
+    token (kept in the state folder, so it stays the same across restarts) unless one is set."""
     try:
         find_package(config.artifacts, config.model)
     except ModelError:
@@ -325,3 +335,10 @@ def prepare_demo(config):
         folder = dummy_package(f"{config.artifacts}/demo", name="demo", num_classes=2).folder
         print(f"deeplens-edge: made a random-weight demo model in {folder}; "
               f"replace it with one you trained (deeplens-ctl train, swap-model).", flush=True)
+    if config.token:
+        return config
+    token_file = config.state_path / "demo-token"
+    if not token_file.is_file():
+        config.state_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(token_file, secrets.token_urlsafe(16) + "\n")
+    return config.replace(token=token_file.read_text().strip())

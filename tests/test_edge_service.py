@@ -113,3 +113,27 @@ def test_bad_configuration_is_refused_at_start_naming_key_and_source(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge.cli", "serve", "--broker", "nowhere"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "option --broker: 'broker' must be HOST:PORT" in result.stderr
+
+
+def test_demo_runs_with_nothing_set_up(tmp_path):
+    """`deeplens-edge demo` (what `make demo` runs) makes its model and token and says where to look."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from conftest import free_port, wait_for_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--port", str(port), "--broker", "none",
+                             "--frame-size", "640x360"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=60)
+        printed = "".join(proc.stdout.readline() for _ in range(7))
+        token = (tmp_path / "demo-state" / "demo-token").read_text().strip()
+        assert f"live view   http://127.0.0.1:{port}/stream" in printed
+        assert f"export DEEPLENS_TOKEN={token}" in printed and len(token) >= 16
+        status = requests.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
+        assert status["model"]["name"] == "demo" and (tmp_path / "demo-artifacts" / "demo" / "model.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(15)
