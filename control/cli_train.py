@@ -92,7 +92,7 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
     else:
         from .train.trainer import train_local
         trainer, package = train_local(config, manifest, val_manifest, runs_dir=runs_dir, resume=resume)
-        best = max(trainer.history, key=lambda row: row["map50"])
+        best = trainer.best
         result = {"package": str(package.folder), "version": package.version, "run": str(trainer.run_dir),
                   "epochs": trainer.epoch, "best_epoch": best["epoch"], "map50": best["map50"],
                   "map_coco": best["map_coco"], "seconds": round(trainer.elapsed, 1)}

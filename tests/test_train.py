@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from control.train import TrainError
-from control.train.config import TrainConfig
+from control.train.config import FLIPS, TrainConfig
 from control.train.data import read_manifest
 from control.train.inference import Detector
 from control.train.callbacks import Callback
@@ -130,19 +130,22 @@ def test_the_validators_messages_refuse_the_raw_banknotes_set(banknotes):
         read_manifest(banknotes / "sg-manifest.manifest")
 
 
-@pytest.mark.parametrize("flip", ["mirror", "rot180"])
-def test_flips_move_boxes_with_the_pixels(flip):
+@pytest.mark.parametrize("flip", ["mirror", "rot180", "rot90"])
+def test_flips_and_turns_move_boxes_with_the_pixels(flip):
     image = np.zeros((60, 100, 3), np.uint8)
     image[10:20, 5:30] = 255
     boxes = np.array([[0, 5, 10, 30, 20]], np.float32)
-    out, moved = TrainTransform(96, flip=flip).flipped(image, boxes)
-    _, y0, x0, y1, x1 = (int(v) for v in [0, *moved[0, [2, 1, 4, 3]]])
-    assert out[y0:y1, x0:x1].min() == 255 and out.sum() == image.sum()
+    transform, rng = TrainTransform(96, flip=flip), np.random.default_rng(0)
+    for _ in range(8):
+        out, moved = transform.flipped(image, boxes, rng)
+        x0, y0, x1, y1 = (int(v) for v in moved[0, 1:])
+        assert out[y0:y1, x0:x1].min() == 255 and out.sum() == image.sum() and (y1 - y0) * (x1 - x0) == 250
 
 
-def test_augmented_boxes_stay_inside_the_image():
+@pytest.mark.parametrize("flip", list(FLIPS))
+def test_augmented_boxes_stay_inside_the_image(flip):
     rng = np.random.default_rng(0)
-    transform = TrainTransform(96)
+    transform = TrainTransform(96, flip=flip)
     image = np.full((80, 120, 3), 100, np.uint8)
     boxes = np.array([[0, 10, 10, 60, 50], [1, 70, 20, 110, 70]], np.float32)
     for _ in range(50):

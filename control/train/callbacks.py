@@ -43,7 +43,7 @@ class ProgressBar(Callback):
         self.bar.__exit__(None, None, None)
         self.logs = {}
         click.echo(f"  val mAP@0.5 {logs['map50']:.3f}  mAP@[.5:.95] {logs['map_coco']:.3f}  "
-                   f"best {trainer.best_map:.3f}  {logs['time']:.0f}s", file=self.file)
+                   f"best {trainer.best['map50']:.3f}  {logs['time']:.0f}s", file=self.file)
 
 
 class CSVLogger(Callback):
@@ -60,15 +60,15 @@ class CSVLogger(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop after `patience` epochs without a better validation mAP@0.5."""
+    """Stop after `patience` epochs without a better epoch (see trainer.fitness)."""
 
     def __init__(self, patience):
         self.patience = patience
 
 
     def on_epoch_end(self, trainer, logs):
-        maps = [row["map50"] for row in trainer.history]
-        if self.patience and len(maps) - 1 - maps.index(max(maps)) >= self.patience:
+        since_best = trainer.epoch - trainer.best["epoch"]
+        if self.patience and since_best >= self.patience:
             click.echo(f"early stop: no better mAP for {self.patience} epochs", err=True)
             trainer.stop = True
 

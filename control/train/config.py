@@ -9,7 +9,8 @@ import yaml
 ARGS = "args.yaml"
 FLIPS = {
     "mirror": "left-right mirror, for classes that look alike mirrored (people, cars, animals)",
-    "rot180": "upside-down turn, which keeps handedness: text, banknotes, signs seen from above",
+    "rot180": "upside-down turn, which keeps handedness (text, signs): scenes seen from above",
+    "rot90": "quarter turns, keeping handedness: objects lying in any orientation under a camera looking down",
     "none": "no flip",
 }
 

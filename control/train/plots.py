@@ -30,10 +30,12 @@ def line_chart(series, title, xlabel, ylabel, size=(640, 420), ylim=None):
         points = np.array([(px(a), py(b)) for a, b in zip(x, y)], np.int32)
         if len(points):
             cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(image, label, (width - right - 150, top + 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+        # the legend sits in the top margin, right-aligned, where no curve can hide it
+        cv2.putText(image, label, (width - right - 110 * (len(series) - i), 24), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    colour, 1)
     cv2.putText(image, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, BLACK, 1)
     cv2.putText(image, xlabel, (width // 2 - 20, height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, BLACK, 1)
-    cv2.putText(image, ylabel, (left, top - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, BLACK, 1)
+    cv2.putText(image, ylabel, (4, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, BLACK, 1)
     return image
 
 

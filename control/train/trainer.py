@@ -30,6 +30,11 @@ from .transforms import TrainTransform, ValTransform
 STATE = "state.json"
 
 
+def fitness(row):
+    """What "best" means: validation mAP@0.5, ties broken by mAP@[.5:.95] (tighter boxes)."""
+    return row["map50"], row["map_coco"]
+
+
 def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -55,7 +60,7 @@ class Trainer:
         if config.optimizer == "sgd":
             options["momentum"] = 0.9
         self.trainer = gluon.Trainer(trainable, config.optimizer, options)
-        self.epoch, self.best_map, self.elapsed, self.history, self.stop = 0, -1.0, 0.0, [], False
+        self.epoch, self.elapsed, self.history, self.stop = 0, 0.0, [], False
         self.last_result = None     # the EvalResult of the latest validation
         self.batch_size = min(config.batch_size, len(self.train_data))
         self.batches_per_epoch = len(self.train_data) // self.batch_size
@@ -80,7 +85,7 @@ class Trainer:
         tmp = self.weights / ".last.states.tmp"
         self.trainer.save_states(str(tmp))
         tmp.replace(self.weights / "last.states")
-        state = {"epoch": self.epoch, "best_map": self.best_map, "elapsed": self.elapsed, "history": self.history}
+        state = {"epoch": self.epoch, "elapsed": self.elapsed, "history": self.history}
         atomic_write_text(self.run_dir / STATE, json.dumps(state) + "\n")
 
     def restore(self):
@@ -91,8 +96,12 @@ class Trainer:
             self.trainer.load_states(str(self.weights / "last.states"))
         except (OSError, ValueError, mx.MXNetError) as exc:
             raise TrainError(f"{self.run_dir}: cannot resume ({exc})") from None
-        self.epoch, self.best_map, self.elapsed, self.history = (
-            state["epoch"], state["best_map"], state["elapsed"], state["history"])
+        self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], state["history"]
+
+    @property
+    def best(self):
+        """The history row of the best epoch so far (the first of equals)."""
+        return max(self.history, key=fitness) if self.history else None
 
     # -- the loop ----------------------------------------------------------------------------
     def _emit(self, event, *args):
@@ -114,8 +123,7 @@ class Trainer:
             self.epoch += 1
             self.elapsed += time.monotonic() - started
             logs.update(epoch=self.epoch, time=round(self.elapsed, 1), memory_mb=round(peak_memory_mb()))
-            improved = logs["map50"] > self.best_map
-            self.best_map = max(self.best_map, logs["map50"])
+            improved = not self.history or fitness(logs) > fitness(self.best)
             self.history.append(logs)
             self.save_checkpoint(best=improved)
             self._emit("on_epoch_end", logs)
@@ -201,7 +209,7 @@ def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resu
         trainer.restore()
     trainer.save_args()
     trainer.fit()
-    best = max(trainer.history, key=lambda row: row["map50"])
+    best = trainer.best
     source = {"manifest_sha256": sha256_file(train_manifest), "recipe": dataclasses.asdict(config),
               "metrics": {k: best[k] for k in ("epoch", "map50", "map_coco")}}
     package = ssd.export_package(trainer.net, run_dir / "model", config.name, classes, config.size, source=source)

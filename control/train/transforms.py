@@ -42,8 +42,7 @@ class TrainTransform:
         if rng.random() < 0.5:
             image, boxes = self.expand(image, boxes, rng)
         image, boxes = self.crop(image, boxes, rng)
-        if self.flip != "none" and rng.random() < 0.5:
-            image, boxes = self.flipped(image, boxes)
+        image, boxes = self.flipped(image, boxes, rng)
         return _to_network(image, boxes, self.size)
 
     @staticmethod
@@ -100,14 +99,27 @@ class TrainTransform:
                 return image[y:y + h, x:x + w], kept
         return image, boxes
 
-    def flipped(self, image, boxes):
-        height, width = image.shape[:2]
+    def flipped(self, image, boxes, rng):
+        """Mirror or turn as `flip` says: half the time, or one of four quarter turns (rot90)."""
+        if self.flip == "rot90":
+            return quarter_turns(image, boxes, int(rng.integers(4)))
+        if self.flip == "none" or rng.random() < 0.5:
+            return image, boxes
+        if self.flip == "rot180":
+            return quarter_turns(image, boxes, 2)
         boxes = boxes.copy()
-        boxes[:, (1, 3)] = width - boxes[:, (3, 1)]
-        if self.flip == "mirror":
-            return image[:, ::-1], boxes
-        boxes[:, (2, 4)] = height - boxes[:, (4, 2)]
-        return image[::-1, ::-1], boxes
+        boxes[:, (1, 3)] = image.shape[1] - boxes[:, (3, 1)]
+        return image[:, ::-1], boxes
+
+
+def quarter_turns(image, boxes, turns):
+    """Rotate by `turns` x 90 degrees counter-clockwise (np.rot90), boxes along."""
+    for _ in range(turns):
+        width = image.shape[1]
+        image = np.rot90(image)
+        cls, xmin, ymin, xmax, ymax = boxes.T          # x' = y, y' = width - x
+        boxes = np.stack([cls, ymin, width - xmax, ymax, width - xmin], axis=1)
+    return image, boxes
 
 
 def box_iou(a, b):
