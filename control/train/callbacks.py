@@ -49,7 +49,6 @@ class ProgressBar(Callback):
 class CSVLogger(Callback):
     """metrics.csv, rewritten from the run's history each epoch (so a resumed run stays whole)."""
 
-
     def on_epoch_end(self, trainer, logs):
         out = io.StringIO()
         fields = list(dict.fromkeys(k for row in trainer.history for k in row))
@@ -65,11 +64,10 @@ class EarlyStopping(Callback):
     def __init__(self, patience):
         self.patience = patience
 
-
     def on_epoch_end(self, trainer, logs):
         since_best = trainer.epoch - trainer.best["epoch"]
         if self.patience and since_best >= self.patience:
-            click.echo(f"early stop: no better mAP for {self.patience} epochs", err=True)
+            click.echo(f"early stop: no better epoch for {self.patience} epochs", err=True)
             trainer.stop = True
 
 
@@ -78,7 +76,6 @@ class TimeBudget(Callback):
 
     def __init__(self, minutes):
         self.seconds = minutes * 60
-
 
     def on_epoch_end(self, trainer, logs):
         per_epoch = trainer.elapsed / max(len(trainer.history), 1)
@@ -89,7 +86,6 @@ class TimeBudget(Callback):
 
 class Plots(Callback):
     """loss.png and map.png each epoch; at the end pr_curves.png and val_predictions.jpg of the best weights."""
-
 
     def on_epoch_end(self, trainer, logs):
         epochs = [row["epoch"] for row in trainer.history]
