@@ -47,3 +47,16 @@ def test_grouping_is_transitive_and_respects_the_threshold(tmp_path):
     assert groups[0] == groups[1] != groups[2] == groups[3] != groups[4] == groups[5]
     assert groups[6] not in groups[:6]
     assert len(set(group_near_duplicates(hashes, threshold=0))) >= 3
+
+
+def test_every_class_gets_its_share_on_the_real_banknotes(banknotes):
+    """The 1000 RUB frames are few and look alike (a 20-frame near-duplicate group): each split
+    must still get about its ratio of them, not whatever the big groups leave over."""
+    from control.dataset.formats import read
+    dataset, _ = read("sagemaker", banknotes / "sg-manifest.manifest", class_names=["2000 RUB", "1000 RUB"])
+    train, val = split(dataset, (0.8, 0.2), seed=0)
+    for name in dataset.classes:
+        in_val = sum(b.label == name for i in val.images for b in i.boxes)
+        in_all = sum(b.label == name for i in dataset.images for b in i.boxes)
+        assert 0.12 <= in_val / in_all <= 0.3, (name, in_val, in_all)
+    assert 0.15 <= len(val.images) / len(dataset.images) <= 0.25

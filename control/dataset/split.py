@@ -63,10 +63,15 @@ def split(dataset, ratios=(0.8, 0.2), seed=0, threshold=10):
     have_images = np.zeros(len(ratios))
     n_images = len(dataset.images)
     chosen = [[] for _ in ratios]
+    target, target_images = ratios[:, None] * total, ratios * n_images
     for g in order:
-        need = (ratios[:, None] * total - have) / np.maximum(total, 1)
-        need_images = (ratios * n_images - have_images) / max(n_images, 1)
-        score = need @ (vectors[g] > 0) + need_images
+        # What each split still lacks, as a share of its own target, so that a 20% split
+        # short of 10 boxes counts as much as an 80% split short of 40.
+        need = (target - have) / np.maximum(target, 1e-9)
+        need_images = (target_images - have_images) / np.maximum(target_images, 1e-9)
+        present = vectors[g] > 0
+        score = need @ present / max(present.sum(), 1) + need_images
+        score[need_images <= 0] -= 4  # a split with all its images takes more only when every split has
         j = int(np.argmax(score))
         chosen[j].extend(members[g])
         have[j] += vectors[g]
