@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -31,44 +30,28 @@ REPO = Path(__file__).resolve().parent.parent
 BANKNOTES = REPO.parent / "shared" / "datasets" / "banknotes"
 RESULTS = report.RESULTS
 CLASSES = ["2000RUB", "1000RUB"]       # the set's README: class 0 = 2000 RUB note, 1 = 1000 RUB note
-BLOCK = 10                             # frames whose numbers share a block of 10 are one group
 
 
-def group_split(manifest, out, val_fraction=0.2, seed=0):
-    """Write train/val manifests of `manifest`, groups of consecutive frames kept together and
-    every folder (note and side) represented in validation; frames the dataset validator
-    rejects (broken captures) are left out. Returns (train path, val path, dropped lines)."""
+def group_split(manifest, out, seed=0):
+    """Split `manifest` 80/20 with `deeplens-ctl manifest split` (group-aware: near-duplicate
+    frames stay on one side; stratified by class), after leaving out the frames the dataset
+    validator rejects (broken captures) and pointing source-refs at the local files.
+    Returns (train path, val path, dropped lines)."""
     from control.dataset import Collector
     from control.dataset.sagemaker import validate
     broken = {p.line for p in validate(Collector(), str(manifest)) if p.severity == "error"}
-    rows = [(n, json.loads(line)) for n, line in enumerate(Path(manifest).read_text().splitlines(), 1)
-            if line.strip() and n not in broken]
-    groups = {}
-    for n, row in rows:
-        folder, file = row["source-ref"].split("/")[-2:]
-        frame = int(re.search(r"(\d+)\.\w+$", file).group(1))
-        groups.setdefault(folder, {}).setdefault(frame // BLOCK, []).append(row)
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for folder in sorted(groups):
-        blocks = [groups[folder][b] for b in sorted(groups[folder])]
-        total, taken = sum(map(len, blocks)), 0
-        for i in rng.permutation(len(blocks)):
-            chosen = taken < val_fraction * total
-            taken += len(blocks[i]) if chosen else 0
-            (val if chosen else train).extend(blocks[i])
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, part in (("train", train), ("val", val)):
-        path = out / f"{name}.manifest"
-        with open(path, "w") as f:
-            for row in part:
+    usable = out / "usable.manifest"
+    with open(usable, "w") as f:
+        for n, line in enumerate(Path(manifest).read_text().splitlines(), 1):
+            if line.strip() and n not in broken:
+                row = json.loads(line)
                 folder, file = row["source-ref"].split("/")[-2:]
                 row = dict(row, **{"source-ref": str(BANKNOTES / folder / file),
                                    "cash-metadata": {"class-map": dict(enumerate(CLASSES))}})
                 f.write(json.dumps(row) + "\n")
-        paths.append(path)
-    return paths[0], paths[1], sorted(broken)
+    ctl("manifest", "split", usable, "--seed", seed, "-o", out)
+    return out / "train.manifest", out / "val.manifest", sorted(broken)
 
 
 def ctl(*args):
