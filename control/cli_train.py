@@ -3,6 +3,7 @@ import-sagemaker, model dummy. Thin: parse, call control.train, print. MXNet is 
 inside the verbs so that `--help` and the other groups do not pay for it."""
 import functools
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -117,7 +118,7 @@ def evaluate(model, manifest, threshold, plot, as_json):
     from .train.inference import Detector, evaluate_model
     detector = Detector(model)
     samples, _ = read_manifest(manifest)
-    with click.progressbar(samples, label="evaluating", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(samples, label="evaluating", file=sys.stderr) as bar:
         result = evaluate_model(detector, bar, threshold=threshold)
     if plot:
         import cv2
