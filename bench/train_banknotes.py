@@ -86,12 +86,18 @@ def time_package(folder, frame, repeats=200):
             for name, t in times.items()}
 
 
+def image_paths(manifest):
+    """The images of a manifest; relative source-refs start at the manifest's folder."""
+    folder = Path(manifest).parent
+    return [str(folder / json.loads(line)["source-ref"]) for line in open(manifest)]
+
+
 def device_matches_predict(package, manifest):
     """Whether the shim's awscam.Model gives, on every validation image, the detections that
     `deeplens-ctl predict` prints (acceptance of issue 5)."""
     import awscam
     model = awscam.Model(package, {"GPU": 1})
-    paths = [json.loads(line)["source-ref"] for line in open(manifest)]
+    paths = image_paths(manifest)
     predicted = [json.loads(line) for line in ctl("predict", package, *paths, "--threshold", 0)[0].splitlines()]
     import cv2
     worst = 0.0
@@ -118,7 +124,7 @@ def main():
     figures = {"load_before": [round(v, 2) for v in os.getloadavg()], "args": vars(args)}
     train, val, dropped = group_split(BANKNOTES / "sg-manifest.manifest", RESULTS / "banknotes-split")
     figures["split"] = {"train": sum(1 for _ in open(train)), "val": sum(1 for _ in open(val)), "dropped_lines": dropped}
-    frame = cv2.imread(json.loads(open(val).readline())["source-ref"])
+    frame = cv2.imread(image_paths(val)[0])
     packages = {}
     if not args.speed_only:
         name = f"bench-{args.arch}-{stamp}"
