@@ -81,6 +81,26 @@ def dummy_model(tmp_path_factory):
     return dummy_package(folder, name="dummy", num_classes=2, size=300)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(trainer, package, manifest) of a tiny model trained once per session (a few seconds)."""
+    from control.train.trainer import train_local
+    from test_train import tiny_config, write_synthetic_set
+    folder = tmp_path_factory.mktemp("train")
+    manifest = write_synthetic_set(folder / "data", count=16)
+    trainer, package = train_local(tiny_config(), manifest, manifest, runs_dir=folder / "runs")
+    return trainer, package, manifest
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory):
+    """Random-weight packages: a, b, c (300 px), small (256 px) and nan (NaN weights), made once."""
+    from test_models_api import make_package
+    root = tmp_path_factory.mktemp("packages")
+    return {"a": make_package(root / "a", 1), "b": make_package(root / "b", 2), "c": make_package(root / "c", 3),
+            "small": make_package(root / "small", 4, size=256), "nan": make_package(root / "nan", 5, nan=True)}
+
+
 @pytest.fixture
 def artifacts(tmp_path, monkeypatch):
     """An empty artifacts folder that the shims use instead of /opt/awscam/artifacts."""

@@ -15,7 +15,7 @@ import pytest
 from control import device as dev
 from shims.quality import flat_band_rows
 from test_edge_mqtt import Subscriber
-from test_models_api import TOKEN, packages, start_service, tgz  # noqa: F401 - fixture
+from test_models_api import TOKEN, start_service, tgz
 
 
 CTL = str(Path(sys.executable).with_name("deeplens-ctl"))

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from control.cli import main
 
-from test_train import CLASSES, trained, write_synthetic_set  # noqa: F401 - the session fixture
+from test_train import CLASSES, write_synthetic_set
 
 
 def run(*args):
@@ -36,7 +36,7 @@ def test_train_then_evaluate_then_predict(tmp_path):
     assert first["label"] in CLASSES and len(first["box"]) == 4 and (tmp_path / "shown/img0.png").is_file()
 
 
-def test_model_folders_with_missing_or_mismatched_files_are_refused(trained, tmp_path):  # noqa: F811
+def test_model_folders_with_missing_or_mismatched_files_are_refused(trained, tmp_path):
     _, package, manifest = trained
     image = manifest.parent / "img0.png"
     missing = shutil.copytree(package.folder, tmp_path / "missing")
@@ -57,7 +57,7 @@ def test_model_folders_with_missing_or_mismatched_files_are_refused(trained, tmp
     assert result.exit_code == 1 and "bad.tar.gz: cannot read the artifact" in result.output
 
 
-def test_import_sagemaker_and_model_dummy(trained, tmp_path):  # noqa: F811
+def test_import_sagemaker_and_model_dummy(trained, tmp_path):
     run_dir = trained[0].run_dir
     result = run("import-sagemaker", run_dir / "model.tar.gz", "-o", tmp_path / "imported", "--name", "back",
                  "--class-names", ",".join(CLASSES))

@@ -37,13 +37,6 @@ def make_package(folder, seed, size=300, nan=False):
     return pkg
 
 
-@pytest.fixture(scope="session")
-def packages(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packages")
-    return {"a": make_package(root / "a", 1), "b": make_package(root / "b", 2), "c": make_package(root / "c", 3),
-            "small": make_package(root / "small", 4, size=256), "nan": make_package(root / "nan", 5, nan=True)}
-
-
 def tgz(pkg, extra=()):
     """The package as .tar.gz bytes, its files at the top level; `extra` adds (TarInfo, bytes) members."""
     buffer = io.BytesIO()

@@ -15,12 +15,12 @@ from control.train.inference import Detector
 from control.train.sagemaker import follow, import_artifact, train_job, write_artifact
 from shims.errors import ModelError
 
-from test_train import CLASSES, trained, write_synthetic_set  # noqa: F401 - the session fixture
+from test_train import CLASSES, write_synthetic_set
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
 
 
-def test_our_artifact_imports_back_with_the_same_detections(trained, tmp_path):  # noqa: F811
+def test_our_artifact_imports_back_with_the_same_detections(trained, tmp_path):
     trainer, package, _ = trained
     artifact = write_artifact(package, tmp_path / "model.tar.gz")
     with tarfile.open(artifact) as tar:
@@ -43,7 +43,7 @@ def rewrite(artifact, out, drop=(), replace=None):
     return out
 
 
-def test_broken_artifacts_are_refused_with_what_is_wrong(trained, tmp_path):  # noqa: F811
+def test_broken_artifacts_are_refused_with_what_is_wrong(trained, tmp_path):
     artifact = write_artifact(trained[1], tmp_path / "model.tar.gz")
     cases = [
         (rewrite(artifact, tmp_path / "a.tar.gz", drop={"model_algo_1-0000.params"}), "lacks model_algo_1-0000.params"),
@@ -68,7 +68,7 @@ def aws(monkeypatch):
         yield boto3.session.Session(region_name="us-east-1")
 
 
-def test_training_job_end_to_end(aws, trained, tmp_path):  # noqa: F811
+def test_training_job_end_to_end(aws, trained, tmp_path):
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="bkt")
     # What the algorithm would leave: a model of ours in its layout, where moto says the job put it.

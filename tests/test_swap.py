@@ -17,7 +17,7 @@ from edge.runtime import Runtime
 from edge.store import ModelStore
 from shims.package import load_package
 from test_edge_mqtt import Subscriber
-from test_models_api import TOKEN, packages, post, start_service, tgz, upload  # noqa: F401 - fixture
+from test_models_api import TOKEN, post, start_service, tgz, upload
 from test_store import problems
 
 
@@ -40,7 +40,7 @@ def test_swaps_skip_no_frame_and_each_event_names_its_model(tmp_path, packages, 
     activate_and_settle(service, order[0])
     sub = Subscriber(mosquitto.address, "deeplens/testcam/detections")
     try:
-        events = []
+        events = [sub.messages.get(timeout=10)[1]]  # subscribed: the first model's events arrive
         for version in order[1:]:
             activate_and_settle(service, version)
             while not events or events[-1]["model_version"] != version:

@@ -48,15 +48,6 @@ def tiny_config(**overrides):
     return TrainConfig(**options)
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """(trainer, package, manifest) of a tiny model trained once per session."""
-    folder = tmp_path_factory.mktemp("train")
-    manifest = write_synthetic_set(folder / "data", count=16)
-    trainer, package = train_local(tiny_config(), manifest, manifest, runs_dir=folder / "runs")
-    return trainer, package, manifest
-
-
 def test_loss_falls_and_the_run_folder_is_complete(trained):
     trainer, package, _ = trained
     losses = [row["loss"] for row in trainer.history]
