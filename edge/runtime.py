@@ -240,7 +240,6 @@ class Runtime:
 
     # -- status -------------------------------------------------------------------------------
     def _threshold_command(self, body):
-        from .errors import ApiError
         try:
             self.threshold.update(body)
         except ApiError as exc:

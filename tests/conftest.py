@@ -81,6 +81,21 @@ def dummy_model(tmp_path_factory):
     return dummy_package(folder, name="dummy", num_classes=2, size=300)
 
 
+@pytest.fixture
+def subscriber():
+    """Make MQTT subscribers (mqtt_subscriber.Subscriber), closed after the test."""
+    from mqtt_subscriber import Subscriber
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(Subscriber(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(trainer, package, manifest) of a tiny model trained once per session (a few seconds)."""

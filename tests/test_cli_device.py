@@ -14,7 +14,7 @@ import pytest
 
 from control import device as dev
 from shims.quality import flat_band_rows
-from test_edge_mqtt import Subscriber
+from mqtt_subscriber import Subscriber
 from test_models_api import TOKEN, start_service, tgz
 
 

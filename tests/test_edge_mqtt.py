@@ -1,57 +1,14 @@
 """What the edge service says over MQTT: detection events, retained status, threshold commands."""
 import json
-import queue
 import time
 from importlib import resources
 
 import jsonschema
-import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import Mosquitto, free_port
 
 SMALL = ("--frame-size", "640x360", "--device-id", "testcam")
-
-
-class Subscriber:
-    """A paho client collecting messages of some topics into a queue."""
-
-    def __init__(self, address, *topics):
-        host, _, port = address.rpartition(":")
-        self.messages = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_connect = lambda c, u, f, rc, p: [c.subscribe(t, qos=1) for t in topics]
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, json.loads(m.payload), m.retain))
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-
-    def next(self, topic, timeout=15, where=lambda payload: True):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                got, payload, retained = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if got == topic and where(payload):
-                return payload, retained
-        raise AssertionError(f"no message on {topic} within {timeout}s")
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-@pytest.fixture
-def subscriber():
-    made = []
-
-    def make(address, *topics):
-        made.append(Subscriber(address, *topics))
-        return made[-1]
-
-    yield make
-    for sub in made:
-        sub.close()
 
 
 def event_schema():

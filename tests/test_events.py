@@ -5,63 +5,18 @@ import queue
 import subprocess
 import sys
 import time
-import uuid
 
 import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import REPO, free_port
+from mqtt_subscriber import Subscriber
 from edge import config as config_mod
 from edge.events import NullPublisher, Publisher, detection_event, from_config, legacy_topic, topics
 
 pytestmark = pytest.mark.mosquitto
 SCHEMA = json.loads((REPO / "edge" / "schemas" / "detection-event.schema.json").read_text())
-
-
-class Subscriber:
-    """A paho subscriber; with `session` it keeps a persistent session under a fixed client id,
-    so the broker queues its messages while it (or the broker) is away."""
-
-    def __init__(self, address, topic, session=False):
-        host, _, port = address.rpartition(":")
-        self.messages = queue.Queue()
-        self._subscribed = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
-                                  clean_session=not session)
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *args: self._subscribed.put(True)
-        self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        self._subscribed.get(timeout=10)
-
-    def take(self, n, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        got = []
-        while len(got) < n:
-            try:
-                got.append(self.messages.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
-        return got
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def subscribers():
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(Subscriber(*args, **kwargs))
-        return made[-1]
-    yield make
-    for sub in made:
-        sub.close()
 
 
 @pytest.fixture
@@ -90,8 +45,8 @@ def wait_until(predicate, timeout=10.0):
         time.sleep(0.05)
 
 
-def test_events_follow_the_schema(mosquitto, subscribers, publishers):
-    sub = subscribers(mosquitto.address, topics("cam1").detections)
+def test_events_follow_the_schema(mosquitto, subscriber, publishers):
+    sub = subscriber(mosquitto.address, topics("cam1").detections)
     pub = publishers(mosquitto.address)
     wait_until(lambda: pub.stats()["connected"])
     for seq in range(3):
@@ -114,8 +69,8 @@ def test_schema_refuses_unnormalised_boxes_and_extra_keys():
         jsonschema.validate({**event(0), "frame": "..."}, SCHEMA)
 
 
-def test_broker_down_at_start_then_up(mosquitto, subscribers, publishers):
-    sub = subscribers(mosquitto.address, topics("cam1").detections, session=True)
+def test_broker_down_at_start_then_up(mosquitto, subscriber, publishers):
+    sub = subscriber(mosquitto.address, topics("cam1").detections, session=True)
     mosquitto.stop()
     pub = publishers(mosquitto.address)
     for seq in range(5):
@@ -126,8 +81,8 @@ def test_broker_down_at_start_then_up(mosquitto, subscribers, publishers):
     wait_until(lambda: pub.stats()["queued"] == 0)
 
 
-def test_broker_restart_loses_no_event(mosquitto, subscribers, publishers):
-    sub = subscribers(mosquitto.address, topics("cam1").detections, session=True)
+def test_broker_restart_loses_no_event(mosquitto, subscriber, publishers):
+    sub = subscriber(mosquitto.address, topics("cam1").detections, session=True)
     pub = publishers(mosquitto.address)
     wait_until(lambda: pub.stats()["connected"])
     pub.publish_detections(event(0))
@@ -233,8 +188,8 @@ def test_threshold_command_survives_bad_input_and_reconnects(mosquitto, publishe
     assert received.get(timeout=5) == {"per_class": {"note": 0.7}}
 
 
-def test_legacy_topic_only_when_enabled(mosquitto, subscribers, publishers):
-    sub = subscribers(mosquitto.address, "$aws/things/+/infer")
+def test_legacy_topic_only_when_enabled(mosquitto, subscriber, publishers):
+    sub = subscriber(mosquitto.address, "$aws/things/+/infer")
     off = publishers(mosquitto.address)
     on = publishers(mosquitto.address, legacy=True, client_id="legacy-on")
     wait_until(lambda: off.stats()["connected"] and on.stats()["connected"])

@@ -16,7 +16,7 @@ from edge.errors import ApiError
 from edge.runtime import Runtime
 from edge.store import ModelStore
 from shims.package import load_package
-from test_edge_mqtt import Subscriber
+from mqtt_subscriber import Subscriber
 from test_models_api import TOKEN, post, start_service, tgz, upload
 from test_store import problems
 
@@ -40,14 +40,14 @@ def test_swaps_skip_no_frame_and_each_event_names_its_model(tmp_path, packages, 
     activate_and_settle(service, order[0])
     sub = Subscriber(mosquitto.address, "deeplens/testcam/detections")
     try:
-        events = [sub.messages.get(timeout=10)[1]]  # subscribed: the first model's events arrive
+        events = [sub.payload()]  # the first model's events
         for version in order[1:]:
             activate_and_settle(service, version)
             while not events or events[-1]["model_version"] != version:
-                events.append(sub.messages.get(timeout=10)[1])
+                events.append(sub.payload())
         time.sleep(0.3)
         while not sub.messages.empty():
-            events.append(sub.messages.get()[1])
+            events.append(sub.payload())
     finally:
         sub.close()
     seqs = [e["seq"] for e in events]
@@ -126,7 +126,7 @@ def test_a_model_failing_its_first_frames_is_rolled_back_and_marked_bad(runtime,
         events.next("deeplens/gatecam/detections", where=lambda e: e["model_version"] == good)
         seen = []
         while not events.messages.empty():
-            seen.append(events.messages.get()[1]["model_version"])
+            seen.append(events.payload()["model_version"])
     finally:
         events.close()
     models = runtime.status()["models"]
