@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Mosquitto  # noqa: E402
 from edge_service import EdgeService  # noqa: E402
 
-from control.ssd import dummy_package  # noqa: E402
-from shims.runtime import MXNetModel  # noqa: E402
+from core.ssd import dummy_package  # noqa: E402
+from core.detector import Detector  # noqa: E402
+from core.runtime import MXNetModel  # noqa: E402
 
 from .report import save, table  # noqa: E402
 
@@ -36,7 +37,7 @@ def percentiles(samples):
 
 def bare_forward_ms(package, runs=200):
     model = MXNetModel.from_package(package)
-    batch = model.preprocess(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    batch = Detector(model).preprocess(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))[0]
     for _ in range(20):
         model.forward(batch)
     times = []

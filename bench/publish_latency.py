@@ -22,7 +22,8 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Mosquitto  # noqa: E402
 
-from edge.events import Publisher, detection_event, topics  # noqa: E402
+from core.topics import detection_event, topics
+from edge.events import Publisher  # noqa: E402
 
 from .report import save, table  # noqa: E402
 

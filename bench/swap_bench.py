@@ -3,7 +3,7 @@
     python -m bench.swap_bench [--swaps 20] [--fps 15] [--frame-size 640x360] [--arch tiny]
 
 Runs a real `deeplens-edge serve` (synthetic camera at --fps, Debian's mosquitto on a free
-loopback port) and swaps it through `deeplens-ctl swap-model`'s code path (control.device.swap:
+loopback port) and swaps it through `deeplens-ctl swap-model`'s code path (control.swap.swap:
 pack, upload, activate, wait for the health check and the first detection), each time to a new
 random-weight package. Every processed frame publishes an event (threshold 0), so the events'
 `seq` show frames skipped or processed twice, and their arrival times the gaps in the loop.
@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import Mosquitto  # noqa: E402
 from edge_service import EdgeService  # noqa: E402
 
-from control.device import DeviceClient, Device, swap  # noqa: E402
-from control.ssd import dummy_package  # noqa: E402
+from control.swap import swap  # noqa: E402
+from core.client import DeviceClient  # noqa: E402
+from core.devices import Device  # noqa: E402
+from core.ssd import dummy_package  # noqa: E402
 
 from .report import save, table  # noqa: E402
 

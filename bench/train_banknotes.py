@@ -63,18 +63,20 @@ def ctl(*args):
 
 
 def time_package(folder, frame, repeats=200):
-    """Median and p90 ms per 300x300 frame, batch 1: the device runtime (MXNetModel: preprocess,
-    forward, rows) and, interleaved so both see the same machine load, the bare forward pass of
-    the same symbol and params as a hybridised Gluon SymbolBlock."""
+    """Median and p90 ms per 300x300 frame, batch 1: the device's detection path (core.detector:
+    preprocess, forward on the device runtime, rows) and, interleaved so both see the same machine
+    load, the bare forward pass of the same symbol and params as a hybridised Gluon SymbolBlock."""
     import mxnet as mx
-    from shims.package import load_package
-    from shims.runtime import MXNetModel, ssd_rows
-    pkg = load_package(folder)
-    runtime = MXNetModel.from_package(pkg)
+    from core.detector import Detector
+    detector = Detector.open(folder)
+    pkg = detector.package
     block = mx.gluon.SymbolBlock.imports(str(pkg.symbol_path), ["data"], str(pkg.params_path))
     block.hybridize(static_alloc=True, static_shape=True)
-    data = mx.nd.array(runtime.preprocess(frame))
-    steps = {"runtime": lambda: ssd_rows(runtime.infer(frame)), "bare_forward": lambda: block(data).wait_to_read()}
+    batch, region = detector.preprocess(frame)
+    data = mx.nd.array(batch)
+    size = frame.shape[1], frame.shape[0]
+    steps = {"runtime": lambda: detector.rows(detector.infer(detector.preprocess(frame)[0]), region, size),
+             "bare_forward": lambda: block(data).wait_to_read()}
     times = {name: [] for name in steps}
     for i in range(repeats + 10):
         for name, step in steps.items():
@@ -145,7 +147,7 @@ def main():
             "confusion": evaluation["confusion"]}
         figures["device_matches_predict"] = device_matches_predict(trained["package"], val)
         packages[args.arch] = trained["package"]
-    from control.ssd import dummy_package
+    from core.ssd import dummy_package
     for arch in ("mobilenet", "resnet"):
         folder = packages.get(arch) or dummy_package(RESULTS / "speed" / arch, name=arch, arch=arch).folder
         figures.setdefault("speed", {})[arch] = {"package": str(folder), **time_package(folder, frame)}

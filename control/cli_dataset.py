@@ -1,36 +1,17 @@
 """deeplens-ctl verbs of this group (see control/cli.py): pull, labels, manifest.
 
-Each command is a thin wrapper over control.dataset; a DatasetError becomes a one-sentence
-ClickException (with the file:line field: problems under it) and a non-zero exit.
+Each command is a thin wrapper over control.dataset, with the conventions of control.cli_common:
+a DatasetError becomes one sentence (with the file:line field: problems under it) and exit 1.
 """
-import contextlib
 import functools
-import json
 import os
 import sys
 
 import click
 
 from . import dataset as ds
+from .cli_common import device_argument, echo_json, json_option, progress, user_errors
 from .dataset import sagemaker
-
-
-def _progress(label):
-    """A wrapper that shows a progress bar on stderr while iterating a list."""
-    def wrap(items):
-        with click.progressbar(items, label=label, file=sys.stderr) as bar:
-            yield from bar
-    return wrap
-
-
-@contextlib.contextmanager
-def _user_errors():
-    try:
-        yield
-    except ds.DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
 
 
 def _reading_options(func):
@@ -43,7 +24,7 @@ def _reading_options(func):
     @click.option("--label-attribute", help="Manifest label attribute to read (default: found per line).")
     @functools.wraps(func)
     def wrapper(*args, class_map, **kwargs):
-        with _user_errors():
+        with user_errors():
             names = ds.parse_class_map(class_map) if class_map else None
         return func(*args, class_names=names, **kwargs)
     return wrapper
@@ -51,7 +32,7 @@ def _reading_options(func):
 
 def _read(format, paths, class_names, images_root, label_attribute, strict=False):
     """Read, print the problems to stderr, return the dataset."""
-    with _user_errors():
+    with user_errors():
         dataset, problems = ds.read(format, paths, class_names=class_names, images_root=images_root,
                                     strict=strict, attribute=label_attribute)
     for problem in problems:
@@ -63,13 +44,12 @@ def _summary(dataset, out, problems, as_json):
     result = {"out": str(out), "images": len(dataset.images), "boxes": dataset.box_count,
               "classes": dataset.classes, "problems": len(problems)}
     if as_json:
-        click.echo(json.dumps(result))
+        echo_json(result)
     else:
         click.echo(f"wrote {out}: {result['images']} images, {result['boxes']} boxes, classes "
                    f"{', '.join(f'{i}={n}' for i, n in enumerate(dataset.classes))}; {len(problems)} problem(s)")
 
 
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 _out_manifest = click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
                              help="Manifest to write (written whole or not at all).")
 _manifest_writing = [
@@ -87,14 +67,14 @@ def _writing_options(func):
 
 
 def _write_manifest(dataset, out, s3_prefix, out_attribute):
-    with _user_errors():
+    with user_errors():
         ds.write("sagemaker", dataset, out, attribute=out_attribute, s3_prefix=s3_prefix)
 
 
 # ---- pull -------------------------------------------------------------------------------------
 
 @click.command()
-@click.argument("device")
+@device_argument
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for frames and sidecars.")
 @click.option("-n", "--count", type=click.IntRange(1), help="Stop when the folder holds this many frames "
               "(so re-running the same command resumes).")
@@ -112,8 +92,8 @@ def _write_manifest(dataset, out, s3_prefix, out_attribute):
               help="Tries per frame on errors, with exponential backoff.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="Seconds per request.")
-@_json_option
-def pull(device, out, count, duration, interval_ms, image_format, crop, size, dedup_threshold, retries, timeout, as_json):
+@json_option
+def pull(client, out, count, duration, interval_ms, image_format, crop, size, dedup_threshold, retries, timeout, as_json):
     """Collect clean frames from a device's /capture into a folder, for labelling.
 
     Frames are saved as frame_NNNNNN.jpg with a frame_NNNNNN.json sidecar (device, time,
@@ -124,14 +104,15 @@ def pull(device, out, count, duration, interval_ms, image_format, crop, size, de
     \b
     Examples:
       deeplens-ctl pull http://camera:8080 -n 200 -o frames/
-      deeplens-ctl pull http://camera:8080 --duration 600 --interval-ms 2000 -o frames/
+      deeplens-ctl pull kitchen --duration 600 --interval-ms 2000 -o frames/
       deeplens-ctl pull http://camera:8080 -n 50 --size 512 --format png -o frames/
     """
     from .dataset.pull import PullError, Puller
     if count is None and duration is None:
         raise click.UsageError("give -n/--count or --duration (or both)")
-    puller = Puller(device, out, image_format=image_format, crop=None if crop == "none" else crop, size=size,
-                    dedup_threshold=dedup_threshold, retries=retries, timeout=timeout)
+    client.timeout = timeout
+    puller = Puller(client, out, image_format=image_format, crop=None if crop == "none" else crop, size=size,
+                    dedup_threshold=dedup_threshold, retries=retries)
     with click.progressbar(length=count or 0, label="pulling", file=sys.stderr, show_pos=True) as bar:
         bar.update(min(puller.kept, count or 0))
         try:
@@ -140,7 +121,7 @@ def pull(device, out, count, duration, interval_ms, image_format, crop, size, de
         except PullError as exc:
             raise click.ClickException(f"{exc} ({puller.kept} frames in {out}; run again to resume)") from None
     if as_json:
-        click.echo(json.dumps(result))
+        echo_json(result)
     else:
         click.echo(f"{out}: {result['kept']} frames ({result['new']} new, {result['duplicates']} near-duplicates "
                    f"skipped, {result['rejected']} broken frames refused)")
@@ -161,7 +142,7 @@ def labels():
 @_writing_options
 @click.option("--strict", is_flag=True, help="Fail on any problem (missing image, box outside the image, "
               "zero-area box, unknown class) instead of reporting it and skipping what is wrong.")
-@_json_option
+@json_option
 def import_labels(inputs, format, out, class_names, images_root, label_attribute, s3_prefix, out_attribute,
                   strict, as_json):
     """Read label exports into one manifest with one class map.
@@ -198,7 +179,7 @@ def manifest():
 @_out_manifest
 @_reading_options
 @_writing_options
-@_json_option
+@json_option
 def build(inputs, format, out, class_names, images_root, label_attribute, s3_prefix, out_attribute, as_json):
     """Write a SageMaker Ground Truth object-detection manifest, for SageMaker and our trainer alike.
 
@@ -221,7 +202,7 @@ def build(inputs, format, out, class_names, images_root, label_attribute, s3_pre
 @_out_manifest
 @_reading_options
 @_writing_options
-@_json_option
+@json_option
 def merge(manifests, out, class_names, images_root, label_attribute, s3_prefix, out_attribute, as_json):
     """Merge manifests into one, remapping class ids by class name.
 
@@ -249,7 +230,7 @@ def merge(manifests, out, class_names, images_root, label_attribute, s3_prefix, 
                    "and stay on one side.")
 @_reading_options
 @_writing_options
-@_json_option
+@json_option
 def split(manifest_file, out, ratios, seed, group_threshold, class_names, images_root, label_attribute,
           s3_prefix, out_attribute, as_json):
     """Split a manifest into train/val(/test): deterministic, stratified, group-aware.
@@ -270,7 +251,7 @@ def split(manifest_file, out, ratios, seed, group_threshold, class_names, images
     if len(fractions) not in (2, 3) or min(fractions) < 0 or sum(fractions) <= 0:
         raise click.BadParameter("two or three non-negative fractions, e.g. 0.8,0.2", param_hint="--ratios")
     dataset, _ = _read("sagemaker", [manifest_file], class_names, images_root, label_attribute)
-    with _user_errors():
+    with user_errors():
         parts = split_dataset(dataset, fractions, seed=seed, threshold=group_threshold)
         os.makedirs(out, exist_ok=True)
         result = {}
@@ -279,7 +260,7 @@ def split(manifest_file, out, ratios, seed, group_threshold, class_names, images
             ds.write("sagemaker", part, path, attribute=out_attribute, s3_prefix=s3_prefix)
             result[name] = {"manifest": path, "images": len(part.images), "boxes": part.box_count}
     if as_json:
-        click.echo(json.dumps(result))
+        echo_json(result)
     else:
         for name, info in result.items():
             click.echo(f"{info['manifest']}: {info['images']} images, {info['boxes']} boxes")
@@ -289,7 +270,7 @@ def split(manifest_file, out, ratios, seed, group_threshold, class_names, images
 @click.argument("manifest_file", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False))
 @_reading_options
 @click.option("--fast", is_flag=True, help="Read image headers only: skips the broken-frame check.")
-@_json_option
+@json_option
 def validate(manifest_file, class_names, images_root, label_attribute, fast, as_json):
     """Check a manifest; list every problem with line number and field.
 
@@ -304,13 +285,13 @@ def validate(manifest_file, class_names, images_root, label_attribute, fast, as_
       deeplens-ctl manifest validate sg.manifest --images-root images/ --json
     """
     collector = ds.Collector(class_names, images_root)
-    with _user_errors():
+    with user_errors():
         problems = sagemaker.validate(collector, manifest_file, attribute=label_attribute,
-                                      check_pixels=not fast, progress=_progress("checking images"))
+                                      check_pixels=not fast, progress=progress("checking images"))
     errors = sum(p.severity == "error" for p in problems)
     if as_json:
-        click.echo(json.dumps({"usable": errors == 0, "errors": errors, "warnings": len(problems) - errors,
-                               "problems": [p.to_json() for p in problems]}, indent=2))
+        echo_json({"usable": errors == 0, "errors": errors, "warnings": len(problems) - errors,
+                   "problems": [p.to_json() for p in problems]}, indent=2)
     else:
         for problem in problems:
             click.echo(str(problem))
@@ -323,7 +304,7 @@ def validate(manifest_file, class_names, images_root, label_attribute, fast, as_
 @click.argument("manifest_file", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False))
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write the distributions as a PNG.")
 @_reading_options
-@_json_option
+@json_option
 def stats(manifest_file, plot, class_names, images_root, label_attribute, as_json):
     """Images, boxes per class, boxes per image, box sizes and image sizes.
 
@@ -336,9 +317,12 @@ def stats(manifest_file, plot, class_names, images_root, label_attribute, as_jso
     dataset, _ = _read("sagemaker", [manifest_file], class_names, images_root, label_attribute)
     result = compute(dataset)
     if plot:
-        with _user_errors():
+        with user_errors():
             plot_stats(result, plot)
-    click.echo(json.dumps(result, indent=2) if as_json else format_stats(result))
+    if as_json:
+        echo_json(result, indent=2)
+    else:
+        click.echo(format_stats(result))
 
 
 @manifest.command()
@@ -357,8 +341,8 @@ def preview(manifest_file, out, limit, columns, tile, class_names, images_root, 
     """
     from .dataset.preview import contact_sheet
     dataset, _ = _read("sagemaker", [manifest_file], class_names, images_root, label_attribute)
-    with _user_errors():
-        shown = contact_sheet(dataset, out, columns=columns, tile=tile, limit=limit, progress=_progress("drawing"))
+    with user_errors():
+        shown = contact_sheet(dataset, out, columns=columns, tile=tile, limit=limit, progress=progress("drawing"))
     click.echo(f"wrote {out}: {shown} images")
 
 
@@ -368,7 +352,7 @@ def preview(manifest_file, out, limit, columns, tile, class_names, images_root, 
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="coco: a .json file; voc, yolo: a folder; recordio: a prefix (writes .lst, .rec, .idx).")
 @_reading_options
-@_json_option
+@json_option
 def export(manifest_file, format, out, class_names, images_root, label_attribute, as_json):
     """Export a manifest to COCO, Pascal VOC, YOLO or MXNet RecordIO.
 
@@ -382,7 +366,7 @@ def export(manifest_file, format, out, class_names, images_root, label_attribute
       deeplens-ctl manifest export data.manifest -f yolo -o yolo/
     """
     dataset, problems = _read("sagemaker", [manifest_file], class_names, images_root, label_attribute)
-    with _user_errors():
+    with user_errors():
         ds.write(format, dataset, out)
     _summary(dataset, out, problems, as_json)
 

@@ -1,49 +1,21 @@
 """deeplens-ctl verbs of this group (see control/cli.py): swap-model, models, rollback, status,
 threshold, capture, watch, devices.
 
-Thin wrappers over control.device: a DeviceError (refusal, unreachable device, rollback)
-becomes a one-sentence ClickException and exit status 1. DEVICE is a URL or a name from
-~/.config/deeplens-kit/devices.yaml.
+Thin wrappers over the device client (core.client, core.watch) and the swap workflow
+(control.swap), with the shared conventions of control.cli_common.
 """
 import contextlib
-import functools
-import inspect
-import json
 import sys
 import time
 
 import click
 
-from . import device as dev
+from core import devices as registry
+from core.errors import DeviceError
+from core.watch import Watcher
 
-DEVICE_HELP = "DEVICE is a URL (http://camera:8080) or a name from ~/.config/deeplens-kit/devices.yaml."
-
-
-def _client(func):
-    """Turn the DEVICE argument into a DeviceClient and device errors into sentences."""
-    @click.argument("device")
-    @functools.wraps(func)
-    def wrapper(device, **kwargs):
-        with _device_errors():
-            return func(dev.DeviceClient(device), **kwargs)
-    wrapper.__doc__ = inspect.cleandoc(func.__doc__) + "\n\n" + DEVICE_HELP
-    return wrapper
-
-
-@contextlib.contextmanager
-def _device_errors():
-    try:
-        yield
-    except dev.DeviceError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _json_option(func):
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
-
-
-def _echo_json(doc):
-    click.echo(json.dumps(doc, indent=2))
+from . import swap as swapping
+from .cli_common import device_argument, echo_json, json_option, user_errors
 
 
 def _detections_line(event):
@@ -54,14 +26,14 @@ def _detections_line(event):
 
 
 @click.command("swap-model")
-@_client
+@device_argument
 @click.argument("package", type=click.Path(exists=True))
 @click.option("--no-activate", is_flag=True, help="Only upload and store it; activate later with "
               "`curl -X POST .../models/VERSION/activate` or by running swap-model again.")
 @click.option("--wait", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Seconds to wait for the device to call the model healthy and show its first detections "
                    "(0: return once it is switched in).")
-@_json_option
+@json_option
 def swap_model(client, package, no_activate, wait, as_json):
     """Send a model to a running device and switch to it without a restart.
 
@@ -84,10 +56,10 @@ def swap_model(client, package, no_activate, wait, as_json):
         def start(total):
             bars.append(stack.enter_context(click.progressbar(length=total, label="uploading", file=sys.stderr)))
 
-        result = dev.swap(client, package, activate=not no_activate, wait=wait,
+        result = swapping.swap(client, package, activate=not no_activate, wait=wait,
                           progress=lambda n: bars[0].update(n), progress_start=start)
     if as_json:
-        _echo_json(result)
+        echo_json(result, indent=2)
         return
     stored = result["stored"]
     click.echo(f"stored {stored['name']} {stored['version']} ({stored['bytes'] / 1e6:.1f} MB)"
@@ -104,13 +76,19 @@ def swap_model(client, package, no_activate, wait, as_json):
 
 
 @click.command()
-@_client
-@_json_option
+@device_argument
+@json_option
 def models(client, as_json):
-    """List the model versions stored on a device: active, rollback target, bad ones."""
+    """List the model versions stored on a device: active, rollback target, bad ones.
+
+    \b
+    Examples:
+      deeplens-ctl models kitchen
+      deeplens-ctl models http://camera:8080 --json
+    """
     doc = client.models()
     if as_json:
-        _echo_json(doc)
+        echo_json(doc, indent=2)
         return
     if not doc["versions"]:
         click.echo("no model versions stored (send one with deeplens-ctl swap-model)")
@@ -123,26 +101,38 @@ def models(client, as_json):
 
 
 @click.command()
-@_client
-@_json_option
+@device_argument
+@json_option
 def rollback(client, as_json):
-    """Go back to the previous good model version (the device checks it again as it switches)."""
+    """Go back to the previous good model version (the device checks it again as it switches).
+
+    \b
+    Examples:
+      deeplens-ctl rollback kitchen
+      DEEPLENS_TOKEN=... deeplens-ctl rollback camera:8080 --json
+    """
     doc = client.rollback()
     if as_json:
-        _echo_json(doc)
+        echo_json(doc, indent=2)
     else:
         swap = doc["last_swap"]
         click.echo(f"rolled back {swap['from']} -> {swap['to']}")
 
 
 @click.command()
-@_client
-@_json_option
+@device_argument
+@json_option
 def status(client, as_json):
-    """What a device is doing: model, speed, camera, MQTT, last swap and rollback."""
+    """What a device is doing: model, speed, camera, MQTT, last swap and rollback.
+
+    \b
+    Examples:
+      deeplens-ctl status kitchen
+      deeplens-ctl status http://camera:8080 --json
+    """
     doc = client.status()
     if as_json:
-        _echo_json(doc)
+        echo_json(doc, indent=2)
         return
     model = doc.get("model") or {}
     figures = doc.get("models") or {}
@@ -174,11 +164,11 @@ def _class_value(ctx, param, values):
 
 
 @click.command()
-@_client
+@device_argument
 @click.argument("value", type=click.FloatRange(0, 1), required=False)
 @click.option("--class", "per_class", multiple=True, callback=_class_value, metavar="NAME=VALUE",
               help="A per-class threshold (repeat for several); replaces the device's per-class values.")
-@_json_option
+@json_option
 def threshold(client, value, per_class, as_json):
     """Show or set a device's detection threshold, live (kept across restarts).
 
@@ -191,20 +181,26 @@ def threshold(client, value, per_class, as_json):
     body = {**({"default": value} if value is not None else {}), **({"per_class": per_class} if per_class else {})}
     doc = client.threshold(body or None)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc, indent=2)
     else:
         click.echo(f"default {doc['default']}" + "".join(f", {k} {v}" for k, v in doc["per_class"].items()))
 
 
 @click.command()
-@_client
+@device_argument
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Image file to write.")
 @click.option("--format", "image_format", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True)
 @click.option("--crop", type=click.Choice(["none", "square"]), default="none", show_default=True,
               help="'square' crops the centre as training frames are.")
 @click.option("--size", type=click.IntRange(16, 4096), help="Resize on the device to N px (longest side).")
 def capture(client, out, image_format, crop, size):
-    """Save one clean raw frame from a device's camera (no boxes drawn)."""
+    """Save one clean raw frame from a device's camera (no boxes drawn).
+
+    \b
+    Examples:
+      deeplens-ctl capture kitchen -o frame.jpg
+      deeplens-ctl capture camera:8080 --crop square --size 300 --format png -o frame.png
+    """
     data, headers = client.capture(format=image_format, crop=crop, size=size)
     with open(out, "wb") as f:
         f.write(data)
@@ -212,16 +208,23 @@ def capture(client, out, image_format, crop, size):
 
 
 @click.command()
-@_client
+@device_argument
 @click.option("-n", "--count", type=click.IntRange(1), help="Stop after this many events (default: until Ctrl-C).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after this many seconds.")
-@_json_option
+@json_option
 def watch(client, count, timeout, as_json):
-    """Print a device's detection events as they arrive over MQTT (one JSON line each with --json)."""
-    with dev.Watcher(client) as watcher:
+    """Print a device's detection events as they arrive over MQTT (one JSON line each with --json).
+
+    \b
+    Examples:
+      deeplens-ctl watch kitchen
+      deeplens-ctl watch http://camera:8080 -n 10 --json > events.jsonl
+      deeplens-ctl watch camera:8080 --timeout 30
+    """
+    with Watcher(client) as watcher:
         if not watcher.over_mqtt:
-            raise dev.DeviceError(f"cannot reach the device's MQTT broker ({watcher.broker or 'none configured'})")
+            raise DeviceError(f"cannot reach the device's MQTT broker ({watcher.broker or 'none configured'})")
         deadline = time.monotonic() + (timeout or float("inf"))
         seen = 0
         while count is None or seen < count:
@@ -231,14 +234,21 @@ def watch(client, count, timeout, as_json):
                     break
                 continue
             seen += 1
-            click.echo(json.dumps(event) if as_json else _detections_line(event))
+            if as_json:
+                echo_json(event)
+            else:
+                click.echo(_detections_line(event))
 
 
 @click.command()
-@_json_option
+@json_option
 def devices(as_json):
     """List the devices configured in ~/.config/deeplens-kit/devices.yaml (or DEEPLENS_DEVICES).
 
+    \b
+    Examples:
+      deeplens-ctl devices
+      DEEPLENS_DEVICES=lab.yaml deeplens-ctl devices --json
     \b
     The file:
       devices:
@@ -247,13 +257,13 @@ def devices(as_json):
           token: the-token-set-on-the-device
         garage: http://garage.local:8080
     """
-    with _device_errors():
-        found = dev.load_devices()
+    with user_errors():
+        found = registry.load_devices()
     if as_json:
-        _echo_json({name: {"url": d.url, "token": bool(d.token)} for name, d in found.items()})
+        echo_json({name: {"url": d.url, "token": bool(d.token)} for name, d in found.items()}, indent=2)
         return
     if not found:
-        click.echo(f"no devices configured in {dev.config_path()}", err=True)
+        click.echo(f"no devices configured in {registry.config_path()}", err=True)
     for name, d in found.items():
         click.echo(f"{name:<16} {d.url}{'  (token set)' if d.token else ''}")
 

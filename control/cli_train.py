@@ -1,38 +1,22 @@
 """deeplens-ctl verbs of this group (see control/cli.py): train, evaluate, predict,
-import-sagemaker, model dummy. Thin: parse, call control.train, print. MXNet is imported
-inside the verbs so that `--help` and the other groups do not pay for it."""
-import functools
-import json
+import-sagemaker, model dummy. Thin: parse, call control.train, print (conventions:
+control.cli_common). MXNet is imported inside the verbs so that `--help` and the other groups
+do not pay for it."""
 import sys
 from pathlib import Path
 
 import click
 
-from shims.errors import ModelError
+from core.crop import CROPS, DEFAULT_CROP
 
-from .train import TrainError
+from .cli_common import echo_json, json_option, names, reports_errors
 from .train.config import FLIPS, TrainConfig
 
 D = TrainConfig()
-
-
-def user_errors(func):
-    """A bad manifest, model folder or run as one sentence, not a traceback."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (TrainError, ModelError) as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
-
-
-def names(text):
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
-
-
-def echo_json(data):
-    click.echo(json.dumps(data, default=str))
+crop_option = click.option(
+    "--crop", type=click.Choice(CROPS), default=DEFAULT_CROP, show_default=True,
+    help="How frames of another aspect ratio meet the model's input: 'center' crops the centred region "
+         "(what the device does by default), 'stretch' resizes the whole frame (the device's crop: stretch).")
 
 
 @click.command()
@@ -55,6 +39,7 @@ def echo_json(data):
               help="; ".join(f"{k}: {v}" for k, v in FLIPS.items()))
 @click.option("--threshold", type=float, default=D.threshold, show_default=True,
               help="Deployed score threshold that validation reports precision/recall at.")
+@crop_option
 @click.option("--class-names", help="Class names in class_id order, comma-separated (default: the manifest's).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue runs/<name>/ from its last completed epoch.")
@@ -67,8 +52,8 @@ def echo_json(data):
 @click.option("--job-name", help="[sagemaker] training job name (default: deeplens-<time>).")
 @click.option("--hp", "hyperparameters", multiple=True, metavar="KEY=VALUE",
               help="[sagemaker] algorithm hyperparameter (repeatable); unset ones keep the algorithm's defaults.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@user_errors
+@json_option
+@reports_errors
 def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, bucket, prefix, region,
           instance_type, job_name, hyperparameters, as_json, **options):
     """Train an SSD detector on MANIFEST and export it as a deployable package.
@@ -78,6 +63,13 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
     plots, the package model/ and model.tar.gz (SageMaker layout).
     --backend sagemaker: uploads images and manifests, runs the built-in object-detection
     algorithm, downloads its model.tar.gz and converts it into the package runs/<name>/model/.
+
+    \b
+    Examples:
+      deeplens-ctl train split/train.manifest --val split/val.manifest --name notes
+      deeplens-ctl train data.manifest --val val.manifest --flip rot90 --time-budget 15
+      deeplens-ctl train data.manifest --name notes --resume
+      deeplens-ctl train data.manifest --backend sagemaker --role ARN --bucket my-bucket
     """
     config = TrainConfig(**options, classes=names(class_names))
     if backend == "sagemaker":
@@ -109,14 +101,25 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
 @click.option("--threshold", type=float, default=D.threshold, show_default=True,
               help="Deployed score threshold for precision, recall and the confusion table.")
 @click.option("--plot", type=click.Path(file_okay=False), help="Write PR curves (all classes and one per class) here.")
+@crop_option
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-@user_errors
-def evaluate(model, manifest, threshold, plot, as_json):
+@reports_errors
+def evaluate(model, manifest, threshold, plot, crop, as_json):
     """Evaluate the package MODEL on MANIFEST: VOC mAP@0.5 (11-point and all-point), COCO
-    mAP@[.5:.95], per class, precision/recall at the threshold, confusion, best-F1 threshold."""
+    mAP@[.5:.95], per class, precision/recall at the threshold, confusion, best-F1 threshold.
+
+    Frames run through the same detection path as on the device (--crop as the device's crop).
+
+    \b
+    Examples:
+      deeplens-ctl evaluate runs/notes/model split/val.manifest
+      deeplens-ctl evaluate runs/notes/model val.manifest --threshold 0.6 --plot pr/ --json
+      deeplens-ctl evaluate model/ val.manifest --crop stretch
+    """
+    from core.detector import Detector
     from .train.data import read_manifest
-    from .train.inference import Detector, evaluate_model
-    detector = Detector(model)
+    from .train.inference import evaluate_model
+    detector = Detector.open(model, crop=crop)
     samples, _ = read_manifest(manifest)
     with click.progressbar(samples, label="evaluating", file=sys.stderr) as bar:
         result = evaluate_model(detector, bar, threshold=threshold)
@@ -138,23 +141,29 @@ def evaluate(model, manifest, threshold, plot, as_json):
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--threshold", type=float, default=D.threshold, show_default=True)
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
-@user_errors
-def predict(model, images, threshold, out):
+@crop_option
+@reports_errors
+def predict(model, images, threshold, out, crop):
     """Detect objects in IMAGES with the package MODEL: one JSON line per image, boxes
-    normalised (as the device publishes them) and in pixels."""
+    normalised (as the device publishes them) and in pixels.
+
+    \b
+    Examples:
+      deeplens-ctl predict runs/notes/model frame.jpg
+      deeplens-ctl predict runs/notes/model frames/*.jpg --threshold 0.5 -o annotated/
+    """
     import cv2
+    from core.detector import Detector, to_pixels
     from .train import plots
     from .train.data import load_image
-    from .train.inference import Detector
-    detector = Detector(model)
+    detector = Detector.open(model, crop=crop)
     for path in images:
         image = load_image(path)
-        rows = detector.predict(image, threshold)
         height, width = image.shape[:2]
+        detections, _ = detector.detect(image, threshold)
+        rows = to_pixels([[d["class_id"], d["score"], *d["box"]] for d in detections], width, height)
         echo_json({"image": path, "detections": [
-            {"class_id": int(r[0]), "label": detector.classes[int(r[0])], "score": round(float(r[1]), 4),
-             "box": [round(float(v), 4) for v in (r[2] / width, r[3] / height, r[4] / width, r[5] / height)],
-             "pixels": [round(float(v), 1) for v in r[2:]]} for r in rows]})
+            {**d, "pixels": [round(float(v), 1) for v in row[2:]]} for d, row in zip(detections, rows)]})
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(Path(out) / Path(path).name), plots.draw_boxes(image, rows, detector.classes, (0, 0, 230)))
@@ -165,9 +174,14 @@ def predict(model, images, threshold, out):
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
 @click.option("--name", default="model", show_default=True, help="Package name (file prefix).")
 @click.option("--class-names", help="Class names in class_id order, comma-separated (SageMaker keeps none).")
-@user_errors
+@reports_errors
 def import_sagemaker(artifact, out, name, class_names):
-    """Convert a SageMaker object-detection model.tar.gz into a deployable DeepLens package."""
+    """Convert a SageMaker object-detection model.tar.gz into a deployable DeepLens package.
+
+    \b
+    Example:
+      deeplens-ctl import-sagemaker model.tar.gz --class-names '2000 RUB,1000 RUB' -o package/
+    """
     from .train.sagemaker import import_artifact
     package = import_artifact(artifact, out, name=name, classes=names(class_names))
     click.echo(f"{package.folder} {package.name} {package.version}")
@@ -175,7 +189,12 @@ def import_sagemaker(artifact, out, name, class_names):
 
 @click.group()
 def model():
-    """Model packages."""
+    """Model packages.
+
+    \b
+    Example:
+      deeplens-ctl model dummy -o dummy/
+    """
 
 
 @model.command()
@@ -184,8 +203,14 @@ def model():
 @click.option("--size", type=int, default=300, show_default=True)
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
 def dummy(name, classes, size, out):
-    """A random-weight package for smoke tests: no training needed."""
-    from .ssd import dummy_package
+    """A random-weight package for smoke tests: no training needed.
+
+    \b
+    Examples:
+      deeplens-ctl model dummy -o dummy/
+      deeplens-ctl model dummy --classes 3 --size 256 --name smoke -o smoke/
+    """
+    from core.ssd import dummy_package
     package = dummy_package(out, name=name, num_classes=classes, size=size)
     click.echo(f"{package.folder} {package.name} {package.version}")
 

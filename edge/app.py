@@ -1,21 +1,45 @@
-"""The Flask app factory: one blueprint per resource, one JSON error shape for all of them."""
+"""The Flask app factory: one blueprint per resource, and the one place where errors become HTTP.
+
+Domain code raises core.errors kinds and never names a status; STATUS maps each kind to one
+(the most specific class wins), so every route answers the same error for the same fault:
+`{"error": {"code", "message", "field"?}}` (docs/rest-api.md).
+"""
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .api import capture, models, status, threshold, view
-from .errors import ApiError
+from core.errors import (Conflict, DeepLensError, DiskFull, InvalidInput, ModelError, NotFound, TooLarge,
+                         Unavailable)
+
+from .api import ApiError, capture, models, openapi, status, threshold, view
+
+STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, TooLarge: 413, ModelError: 422,
+          Unavailable: 503, DiskFull: 507}
+
+
+def http_status(exc):
+    """The HTTP status of a domain error: its own for an ApiError, else its nearest kind's in STATUS."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)
+
+
+def error_body(exc):
+    body = {"code": exc.code, "message": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    return {"error": body}
 
 
 def create_app(runtime):
-    """`runtime` (edge.runtime.Runtime) holds the camera, loop, threshold and publisher."""
+    """`runtime` (edge.runtime.Runtime) holds the camera, loop, threshold, model manager and publisher."""
     app = Flask("edge")
     app.extensions["deeplens"] = runtime
-    for module in (capture, models, status, threshold, view):
+    for module in (capture, models, openapi, status, threshold, view):
         app.register_blueprint(module.blueprint)
 
-    @app.errorhandler(ApiError)
-    def api_error(exc):
-        return jsonify(exc.to_json()), exc.status
+    @app.errorhandler(DeepLensError)
+    def domain_error(exc):
+        return jsonify(error_body(exc)), http_status(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

@@ -3,7 +3,7 @@
 `--broker embedded` (the zero-setup default) starts Debian's `mosquitto` when it is on PATH:
 fast, and it keeps sessions and retained messages across its own restart (persistence on).
 Without it, amqtt (pure Python) runs in a thread: about 9x slower and without persistence,
-but it needs nothing outside pip (measurements: shared/reference/mqtt-brokers.md).
+but it needs nothing outside pip (docs/mqtt.md, "Broker").
 """
 import asyncio
 import logging
@@ -15,17 +15,13 @@ import subprocess
 import threading
 import time
 
-from .errors import EdgeError
+from .errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 PREFERRED_PORT = 1883
 START_TIMEOUT_S = 10.0
-
-
-class BrokerError(EdgeError):
-    """The embedded broker could not be started; the message says why and what to do."""
 
 
 def start_broker(config):

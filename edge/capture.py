@@ -1,6 +1,6 @@
 """Clean training frames: fresh from the camera, taken before any drawing, broken ones refused.
 
-A frame is refused when shims.quality finds it broken (a flat band from a half-decoded
+A frame is refused when core.quality finds it broken (a flat band from a half-decoded
 MJPEG frame, a black frame, or, for live sources, the previous frame again). The caller
 gets the first clean frame newer than its request, or NoCleanFrame with the reasons.
 """
@@ -9,13 +9,16 @@ import time
 
 import cv2
 
-from shims.quality import check_frame
-from shims.runtime import resize
+from core.errors import Unavailable
+from core.quality import check_frame
+from core.runtime import resize
 
 FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 
 
-class NoCleanFrame(Exception):
+class NoCleanFrame(Unavailable):
+    code = "no_clean_frame"
+
     def __init__(self, deadline, rejected):
         self.rejected = dict(rejected)
         why = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.rejected.items())) or "the camera sent none"

@@ -3,7 +3,6 @@
 Options are generated from edge.config.SETTINGS, so every setting is a flag, a DEEPLENS_*
 variable and a config-file key with one help text.
 """
-import logging
 import sys
 
 import click
@@ -50,7 +49,15 @@ def main():
 @main.command()
 @_setting_options
 def serve(config_file, **flags):
-    """Run the service: inference loop, REST API and MQTT publisher, until stopped."""
+    """Run the service: inference loop, REST API and MQTT publisher, until stopped.
+
+    \b
+    Examples:
+      deeplens-edge serve --camera webcam:0
+      deeplens-edge serve -c /etc/deeplens-edge/edge.yaml
+      deeplens-edge serve --camera url:http://cam/mjpeg --broker mqtt.local:1883 --crop stretch
+      DEEPLENS_TOKEN=... deeplens-edge serve --host 0.0.0.0 --port 8080
+    """
     from .runtime import serve_forever
     config = load_config(config_file, flags)
     setup_logging(config.log_level)
@@ -65,6 +72,11 @@ def demo(config_file, **flags):
     Defaults differ from `serve` only where a demo needs it: models in ./demo-artifacts (a
     random-weight one is made if none is there), state in ./demo-state, and a token for the
     model store kept there, printed with the live-view URL and the MQTT topic to watch.
+
+    \b
+    Examples:
+      deeplens-edge demo
+      deeplens-edge demo --port 8081 --frame-size 1280x720
     """
     from .runtime import prepare_demo, serve_forever
     try:
@@ -88,6 +100,11 @@ def run_lambda(lambda_file, handler, config_file, **flags):
     awscam reads the configured camera, mo.optimize the artifacts folder, and
     greengrasssdk publishes to the configured (or embedded) MQTT broker. The thing name
     comes from AWS_IOT_THING_NAME (or --thing-name).
+
+    \b
+    Examples:
+      deeplens-edge run-lambda lambda_function.py --camera webcam:0
+      AWS_IOT_THING_NAME=deeplens_kitchen deeplens-edge run-lambda inference.py --broker localhost:1883
     """
     from .lambda_runner import run_lambda as run
     config = load_config(config_file, flags)

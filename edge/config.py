@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from core.crop import CROPS, DEFAULT_CROP
+from core.errors import CameraError
 from shims.camera import parse_spec
-from shims.errors import CameraError
 from shims.settings import DEFAULT_ARTIFACTS, DEFAULT_CAMERA
 
 from .errors import ConfigError
@@ -80,9 +81,9 @@ SETTINGS = [
     Setting("artifacts", str, DEFAULT_ARTIFACTS, "Model folder (the device's /opt/awscam/artifacts)."),
     Setting("model", str, "", "Model to run when the model store has no active version: a package folder or a "
             "name in the artifacts folder (default: the newest there)."),
-    Setting("crop", str, "center", "How frames meet the model's input: 'center' crops to its aspect ratio "
-            "(as /capture?crop=square does for training frames), 'stretch' resizes the whole frame.",
-            lambda v: None if v in ("center", "stretch") else "must be 'center' or 'stretch'"),
+    Setting("crop", str, DEFAULT_CROP, "How frames meet the model's input: 'center' crops the centred region of the "
+            "model's aspect ratio (a square for square models, as /capture?crop=square), 'stretch' resizes the whole frame.",
+            lambda v: None if v in CROPS else f"must be one of {', '.join(CROPS)}"),
     Setting("state_dir", str, "", "Where settings changed at run time are kept (default: $STATE_DIRECTORY or ~/.local/state/deeplens-edge)."),
     Setting("device_id", str, "", "Device name used in MQTT topics (default: this host's name)."),
     Setting("thing_name", str, "", "AWS IoT thing name for the legacy topic (default: $AWS_IOT_THING_NAME or deeplens_<device_id>)."),

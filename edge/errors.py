@@ -1,23 +1,13 @@
-"""Errors of the edge service: one base, and the API error that carries its HTTP status."""
+"""Errors of the edge service beyond core.errors: its settings and its embedded broker."""
+from core.errors import DeepLensError, InvalidInput
 
 
-class EdgeError(Exception):
-    """Base class of the edge service's errors."""
+class ConfigError(InvalidInput):
+    """A setting is unknown or invalid; the message names the key, value and source."""
+    code = "invalid_setting"
 
 
-class ConfigError(EdgeError):
-    """A configuration value is unknown or invalid; the message names the key, value and source."""
+class BrokerError(DeepLensError):
+    """The embedded MQTT broker cannot be started."""
+    code = "broker_unavailable"
 
-
-class ApiError(EdgeError):
-    """An error answered as `{"error": {"code", "message", "field"?}}` with `status`."""
-
-    def __init__(self, status, code, message, field=None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-    def to_json(self):
-        body = {"code": self.code, "message": self.message}
-        if self.field:
-            body["field"] = self.field
-        return {"error": body}

@@ -2,57 +2,25 @@
 
 The inference loop calls `publish_detections`, `publish_status` and `on_command` and never
 learns the transport: `Publisher` talks MQTT through paho-mqtt 2.x, `NullPublisher` stands in
-when the broker is 'none'. Topic names are defined here once (design.md, section 2).
+when the broker is 'none'. Topic names and documents are core.topics' (docs/mqtt.md).
 
 Nothing is lost across a broker restart as long as the offline queue does not overflow: paho
 keeps QoS 1 messages it could not send and sends them after its automatic reconnect; a full
 queue refuses new ones, and those are counted as dropped.
 """
-import dataclasses
 import json
 import logging
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 
+from core import topics as topics_contract
+
 log = logging.getLogger(__name__)
 
-OFFLINE = json.dumps({"state": "offline"})
+OFFLINE = json.dumps(topics_contract.OFFLINE)
 RECONNECT_DELAY = (1, 30)  # seconds: paho doubles the wait from the first to the second
 STOP_FLUSH_S = 2.0  # how long stop() waits for the broker to take the offline status
-
-
-@dataclasses.dataclass(frozen=True)
-class Topics:
-    """The topics of one device, all under `deeplens/<device_id>/`."""
-    prefix: str
-    detections: str
-    status: str
-
-    def command(self, name):
-        return self.prefix + name.strip("/")
-
-
-def topics(device_id):
-    prefix = f"deeplens/{device_id}/"
-    return Topics(prefix, prefix + "detections", prefix + "status")
-
-
-def legacy_topic(thing_name):
-    """Where DeepLens Lambdas publish `{label: prob}`, as the AWS console shows it."""
-    return f"$aws/things/{thing_name}/infer"
-
-
-def detection_event(seq, model_version, inference_ms, detections, ts=None):
-    """The detections event as schemas/detection-event.schema.json describes it.
-
-    `detections` are dicts with class_id, label, score and a normalised box [xmin, ymin, xmax, ymax].
-    """
-    return {"ts": time.time() if ts is None else ts, "seq": int(seq), "model_version": model_version,
-            "inference_ms": round(float(inference_ms), 3),
-            "detections": [{"class_id": int(d["class_id"]), "label": str(d["label"]), "score": float(d["score"]),
-                            "box": [float(v) for v in d["box"]]} for d in detections]}
 
 
 class NullPublisher:
@@ -90,8 +58,8 @@ class Publisher:
     def __init__(self, host, port, device_id, thing_name, *, username=None, password=None, tls=False,
                  ca_file=None, queue_limit=1000, legacy=False, client_id=None):
         self.address = f"{host}:{port}"
-        self.topics = topics(device_id)
-        self.legacy_topic = legacy_topic(thing_name) if legacy else None
+        self.topics = topics_contract.topics(device_id)
+        self.legacy_topic = topics_contract.legacy_topic(thing_name) if legacy else None
         self._host, self._port = host, int(port)
         self._lock = threading.Lock()
         self._commands = {}  # topic -> callback(dict)

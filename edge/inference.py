@@ -1,19 +1,16 @@
 """The inference loop: camera -> detector -> threshold -> MQTT event, in its own thread.
 
 The REST API never waits on it: it reads the loop's latest result and counters. The detector
-is read once per frame from `self.detector`, so `swap()` changes the model between two frames.
-A swap may bring a HealthGate: it judges the new model's first frames, and the loop itself
-goes back to the previous detector on the frame that fails, so no bad frame follows it.
+comes from the model manager once per frame, so a swap changes the model between two frames;
+the loop reports each frame's outcome to the manager, which watches a new model's first frames.
 """
 import logging
-import statistics
 import threading
 import time
 
-import numpy as np
+from core.topics import detection_event
 
 from . import systemd
-from .events import detection_event
 from .stats import Rate, Rolling
 
 log = logging.getLogger(__name__)
@@ -28,48 +25,10 @@ class Result:
         self.frame, self.detections, self.model_version = frame, detections, model_version
 
 
-class Unhealthy(Exception):
-    """A model under watch gave an output that cannot be trusted."""
-
-
-class HealthGate:
-    """Watches a newly activated model for `frames` frames: errors, non-finite outputs, and a median
-    inference time above `slowdown` times its warm-up time (and SLACK_MS over it, as a loaded CPU
-    adds a few ms to any model). `on_verdict(passed, reason)` runs in a thread of its own."""
-    SLACK_MS = 20.0
-
-    def __init__(self, detector, fallback, frames, slowdown, on_verdict):
-        self.detector, self.fallback, self.frames, self.on_verdict = detector, fallback, frames, on_verdict
-        self.limit_ms = max(detector.warm_ms * slowdown, detector.warm_ms + self.SLACK_MS)
-        self._infer_ms = []
-
-    def observe(self, outputs, infer_ms):
-        """True once enough frames were healthy; raises Unhealthy on a bad one."""
-        if not all(np.isfinite(value).all() for value in outputs.values()):
-            raise Unhealthy(f"the model returned NaN or infinite values on frame {len(self._infer_ms) + 1} after activation")
-        self._infer_ms.append(infer_ms)
-        if len(self._infer_ms) < self.frames:
-            return False
-        median = statistics.median(self._infer_ms)
-        if median > self.limit_ms:
-            raise Unhealthy(f"median inference {median:.1f} ms over {self.frames} frames, far above its "
-                            f"warm-up {self.detector.warm_ms:.1f} ms (limit {self.limit_ms:.1f} ms)")
-        return True
-
-    def summary(self):
-        return f"{len(self._infer_ms)} healthy frames, median inference {statistics.median(self._infer_ms):.1f} ms"
-
-    def reason(self, exc):
-        return str(exc) if isinstance(exc, Unhealthy) else f"{type(exc).__name__} on frame " \
-            f"{len(self._infer_ms) + 1} after activation: {exc}"
-
-
 class InferenceLoop(threading.Thread):
-    def __init__(self, grabber, threshold, publisher, detector=None, max_event_rate=0.0):
+    def __init__(self, grabber, threshold, publisher, manager, max_event_rate=0.0):
         super().__init__(name="inference", daemon=True)
-        self.grabber, self.threshold, self.publisher = grabber, threshold, publisher
-        self.detector = detector
-        self.gate = None
+        self.grabber, self.threshold, self.publisher, self.manager = grabber, threshold, publisher, manager
         self.min_event_gap = 1.0 / max_event_rate if max_event_rate > 0 else 0.0
         self.latest = None
         self.frames_processed = 0
@@ -86,17 +45,6 @@ class InferenceLoop(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-    def swap(self, detector, gate=None):
-        """Serve `detector` from the next frame on; `gate` (for `detector`) judges its first frames."""
-        self.gate = gate
-        self.detector = detector
-
-    def _settle(self, gate, passed, reason):
-        if not passed:
-            self.detector = gate.fallback
-        self.gate = None
-        threading.Thread(target=gate.on_verdict, args=(passed, reason), name="health verdict", daemon=True).start()
-
     def run(self):
         last_seq = -1
         while not self._stop_event.is_set():
@@ -109,16 +57,13 @@ class InferenceLoop(threading.Thread):
                 self.frames_dropped += frame.seq - last_seq - 1
             last_seq = frame.seq
             grabbed = time.perf_counter()
-            detector = self.detector
+            detector = self.manager.detector
             try:
                 self._process(frame, detector, start, grabbed)
             except Exception as exc:  # a bad frame or model must not stop the loop
                 self.errors += 1
-                gate = self.gate
-                if gate is not None and gate.detector is detector:
-                    self._settle(gate, False, gate.reason(exc))
-                log.log(logging.WARNING if isinstance(exc, Unhealthy) else logging.ERROR, "inference failed",
-                        exc_info=not isinstance(exc, Unhealthy), extra={"fields": {"seq": frame.seq, "error": exc}})
+                self.manager.report(detector, error=exc)
+                log.error("inference failed", exc_info=True, extra={"fields": {"seq": frame.seq, "error": exc}})
 
     def _process(self, frame, detector, start, grabbed):
         if detector is None:  # capture-only: no model to run
@@ -130,9 +75,9 @@ class InferenceLoop(threading.Thread):
         t1 = time.perf_counter()
         outputs = detector.infer(batch)
         t2 = time.perf_counter()
-        gate = self.gate
-        if gate is not None and gate.detector is detector and gate.observe(outputs, (t2 - t1) * 1000):
-            self._settle(gate, True, gate.summary())
+        if not self.manager.report(detector, outputs, (t2 - t1) * 1000):
+            self.errors += 1  # this frame made the new model fail its health check: nothing of it goes out
+            return
         height, width = frame.image.shape[:2]
         detections = detector.postprocess(outputs, region, (width, height), self.threshold.floor())
         kept = [d for d in detections if self.threshold.passes(d["label"], d["score"])]

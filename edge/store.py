@@ -27,10 +27,10 @@ import zlib
 import threading
 from pathlib import Path
 
-from shims.fileio import atomic_write_text, fsync_dir
-from shims.package import MODEL_JSON
+from core.fileio import atomic_write_text, fsync_dir
+from core.package import MODEL_JSON
 
-from .errors import ApiError
+from core.errors import Conflict, InvalidInput, NotFound, TooLarge
 
 log = logging.getLogger(__name__)
 POINTER = "active.json"
@@ -40,9 +40,9 @@ HISTORY = 20  # previous versions remembered for rollback
 MB = 1 << 20
 
 
-class UploadTooLarge(ApiError):
+class UploadTooLarge(TooLarge):
     def __init__(self, limit):
-        super().__init__(413, "too_large", f"the package is larger than the device accepts ({limit / MB:g} MB "
+        super().__init__(f"the package is larger than the device accepts ({limit / MB:g} MB "
                          "packed or unpacked; setting max_upload_mb)")
 
 
@@ -58,33 +58,33 @@ def unpack(archive, folder, limit):
             members = [m for m in tar.getmembers() if m.name.strip("/") not in (".", "")]
             names = [_member_name(m) for m in members]
             if len(set(names)) != len(names):
-                raise ApiError(400, "bad_archive", "the archive holds the same file twice")
+                raise InvalidInput("the archive holds the same file twice", "bad_archive")
             if sum(m.size for m in members) > limit:
                 raise UploadTooLarge(limit)
             for member, name in zip(members, names):
                 with tar.extractfile(member) as src, open(Path(folder) / name, "xb") as dst:
                     shutil.copyfileobj(src, dst, MB)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise ApiError(400, "bad_archive", f"not a readable .tar.gz: truncated or corrupt ({exc})") from None
+        raise InvalidInput(f"not a readable .tar.gz: truncated or corrupt ({exc})", "bad_archive") from None
     return names
 
 
 def _member_name(member):
     name = member.name[2:] if member.name.startswith("./") else member.name
     if name.startswith("/") or os.path.isabs(member.name):
-        raise ApiError(400, "unsafe_archive", f"archive member {member.name!r} has an absolute path")
+        raise InvalidInput(f"archive member {member.name!r} has an absolute path", "unsafe_archive")
     if ".." in Path(name).parts:
-        raise ApiError(400, "unsafe_archive", f"archive member {member.name!r} climbs out of the folder (..)")
+        raise InvalidInput(f"archive member {member.name!r} climbs out of the folder (..)", "unsafe_archive")
     if member.issym() or member.islnk():
-        raise ApiError(400, "unsafe_archive", f"archive member {member.name!r} is a link")
+        raise InvalidInput(f"archive member {member.name!r} is a link", "unsafe_archive")
     if member.isdir():
-        raise ApiError(400, "bad_archive", f"archive member {member.name!r} is a folder: pack the package's "
-                       "files at the top level (tar -C FOLDER -czf package.tar.gz .)")
+        raise InvalidInput(f"archive member {member.name!r} is a folder: pack the package's "
+                       "files at the top level (tar -C FOLDER -czf package.tar.gz .)", "bad_archive")
     if not member.isfile():
-        raise ApiError(400, "unsafe_archive", f"archive member {member.name!r} is a device or special file")
+        raise InvalidInput(f"archive member {member.name!r} is a device or special file", "unsafe_archive")
     if "/" in name:
-        raise ApiError(400, "bad_archive", f"archive member {member.name!r} is in a sub-folder: pack the "
-                       "package's files at the top level (tar -C FOLDER -czf package.tar.gz .)")
+        raise InvalidInput(f"archive member {member.name!r} is in a sub-folder: pack the "
+                       "package's files at the top level (tar -C FOLDER -czf package.tar.gz .)", "bad_archive")
     return name
 
 
@@ -184,7 +184,7 @@ class ModelStore:
     def require(self, version):
         entry = self.get(version)
         if entry is None:
-            raise ApiError(404, "unknown_version", f"no model version {version!r} in the store; GET /models lists them")
+            raise NotFound(f"no model version {version!r} in the store; GET /models lists them", "unknown_version")
         return entry
 
     def rollback_target(self, pointer=None):
@@ -267,8 +267,8 @@ class ModelStore:
         with self._lock:
             entry = self.require(version)
             if version == self.active:
-                raise ApiError(409, "version_active", f"{version} is the active model; activate another one or "
-                               "roll back before deleting it")
+                raise Conflict(f"{version} is the active model; activate another one or "
+                               "roll back before deleting it", "version_active")
             self._remove(entry)
 
     def prune(self):

@@ -7,9 +7,9 @@ import json
 import logging
 import threading
 
-from shims.fileio import atomic_write_text
+from core.fileio import atomic_write_text
 
-from .errors import ApiError
+from core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 FILENAME = "threshold.json"
@@ -17,23 +17,23 @@ FILENAME = "threshold.json"
 
 def _score(value, field):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ApiError(400, "invalid_threshold", f"{field} must be a number between 0 and 1, got {value!r}", field)
+        raise InvalidInput(f"{field} must be a number between 0 and 1, got {value!r}", "invalid_threshold", field)
     return float(value)
 
 
 def parse(body, current_default):
-    """Validate a threshold document; returns (default, per_class). Raises ApiError naming the field."""
+    """Validate a threshold document; returns (default, per_class). Raises InvalidInput naming the field."""
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_threshold", "the body must be a JSON object like "
-                       '{"default": 0.4, "per_class": {"name": 0.6}}')
+        raise InvalidInput('the body must be a JSON object like {"default": 0.4, "per_class": {"name": 0.6}}',
+                           "invalid_threshold")
     unknown = set(body) - {"default", "per_class"}
     if unknown:
         field = sorted(unknown)[0]
-        raise ApiError(400, "unknown_field", f"unknown field '{field}'; use 'default' and 'per_class'", field)
+        raise InvalidInput(f"unknown field '{field}'; use 'default' and 'per_class'", "unknown_field", field)
     default = _score(body["default"], "default") if "default" in body else current_default
     per_class = body.get("per_class", {})
     if not isinstance(per_class, dict):
-        raise ApiError(400, "invalid_threshold", "per_class must map class names to thresholds", "per_class")
+        raise InvalidInput("per_class must map class names to thresholds", "invalid_threshold", "per_class")
     return default, {str(name): _score(v, f"per_class.{name}") for name, v in per_class.items()}
 
 
@@ -52,7 +52,7 @@ class Threshold:
             self.default, self.per_class = parse(saved, self.default)
         except FileNotFoundError:
             return
-        except (ValueError, ApiError) as exc:
+        except (ValueError, InvalidInput) as exc:
             log.warning("ignoring saved threshold", extra={"fields": {"path": self.path, "error": exc}})
 
     def to_json(self):

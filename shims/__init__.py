@@ -1,7 +1,6 @@
-"""A DeepLens on any Linux box.
+"""A DeepLens on any Linux box: the emulation only, built on core.
 
-The DeepLens names (`awscam`, `mo`, `greengrasssdk`) are thin packages beside this one;
-the parts they stand on live here: camera sources (`shims.camera`), the MXNet model
-runtime (`shims.runtime`), the model package contract (`shims.package`) and the
-settings every shim reads from the environment (`shims.settings`).
+The DeepLens names (`awscam`, `mo`, `greengrasssdk`) are thin packages beside this one; what
+they share lives here: camera sources (`shims.camera`) and the settings every shim reads from
+the environment (`shims.settings`). Models run through core's detection path and runtime.
 """

@@ -1,4 +1,4 @@
-"""Camera sources behind `awscam.getLastFrame()`, chosen by a camera SPEC (design.md, section 2).
+"""Camera sources behind `awscam.getLastFrame()`, chosen by a camera SPEC (docs/cli.md, deeplens-edge serve --camera).
 
     synthetic[:SEED]   banknote-like objects moving on a wooden table, with their true boxes
     folder:PATH        the images of a folder, sorted, in a loop
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from . import settings
-from .errors import CameraError
+from core.errors import CameraError
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def mosquitto(tmp_path):
 @pytest.fixture(scope="session")
 def dummy_model(tmp_path_factory):
     """A random-weight 2-class SSD package (300x300), built once per session in about a second."""
-    from control.ssd import dummy_package
+    from core.ssd import dummy_package
     folder = tmp_path_factory.mktemp("dummy-model")
     return dummy_package(folder, name="dummy", num_classes=2, size=300)
 

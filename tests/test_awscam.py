@@ -12,7 +12,7 @@ import pytest
 
 import awscam
 import mo
-from shims.errors import ModelError
+from core.errors import ModelError
 
 # An inference Lambda written the way the AWS samples are; it runs unmodified in a fresh
 # interpreter, as deeplens-edge run-lambda runs one, and prints what it saw.

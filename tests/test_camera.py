@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shims.camera import CLASSES, FrameGrabber, SyntheticCamera, parse_spec, source_from_spec
-from shims.errors import CameraError
+from core.errors import CameraError
 
 SMALL = "size=480x270"
 

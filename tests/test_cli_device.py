@@ -12,8 +12,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from control import device as dev
-from shims.quality import flat_band_rows
+from core import devices as dev
+from core.errors import DeviceError
+from core.quality import flat_band_rows
 from mqtt_subscriber import Subscriber
 from test_models_api import TOKEN, start_service, tgz
 
@@ -133,5 +134,5 @@ def test_token_from_the_environment_wins_over_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPLENS_TOKEN", "from-env")
     assert dev.resolve("cam", found) == dev.Device("cam", "http://cam.local:8080", "from-env")
     devices_file.write_text("devices: [cam]\n")
-    with pytest.raises(dev.DeviceError, match="expected a mapping"):
+    with pytest.raises(DeviceError, match="expected a mapping"):
         dev.load_devices(devices_file)

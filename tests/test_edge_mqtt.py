@@ -1,18 +1,14 @@
 """What the edge service says over MQTT: detection events, retained status, threshold commands."""
 import json
 import time
-from importlib import resources
 
 import jsonschema
 import pytest
 
 from conftest import Mosquitto, free_port
+from core.topics import event_schema
 
 SMALL = ("--frame-size", "640x360", "--device-id", "testcam")
-
-
-def event_schema():
-    return json.loads(resources.files("edge").joinpath("schemas/detection-event.schema.json").read_text())
 
 
 def test_detection_events_follow_the_schema(edge_service, dummy_model, mosquitto, subscriber):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from edge.errors import ApiError
+from core.errors import InvalidInput
 from edge.threshold import Threshold
 
 
@@ -27,9 +27,9 @@ def test_a_field_left_out_keeps_its_value(tmp_path):
 ])
 def test_bad_values_are_refused_and_change_nothing(tmp_path, body, field):
     threshold = Threshold(tmp_path, 0.4)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         threshold.update(body)
-    assert caught.value.field == field and caught.value.status == 400
+    assert caught.value.field == field
     assert threshold.to_json() == {"default": 0.4, "per_class": {}}
     assert not (tmp_path / "threshold.json").exists()
 

@@ -13,10 +13,11 @@ import pytest
 from conftest import REPO, free_port
 from mqtt_subscriber import Subscriber
 from edge import config as config_mod
-from edge.events import NullPublisher, Publisher, detection_event, from_config, legacy_topic, topics
+from core.topics import detection_event, event_schema, legacy_topic, topics
+from edge.events import NullPublisher, Publisher, from_config
 
 pytestmark = pytest.mark.mosquitto
-SCHEMA = json.loads((REPO / "edge" / "schemas" / "detection-event.schema.json").read_text())
+SCHEMA = event_schema()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import mo
-from shims.errors import ModelError
+from core.errors import ModelError
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from edge_service import EdgeService
-from shims.package import write_package
+from core.package import write_package
 
 TOKEN = "t0ken-for-tests"
 SMALL = ("--frame-size", "640x360", "--broker", "none")
@@ -26,7 +26,7 @@ SMALL = ("--frame-size", "640x360", "--broker", "none")
 def make_package(folder, seed, size=300, nan=False):
     """A random-weight package; with `nan`, its box-head biases are NaN (the graph's clipping
     would turn them into silent garbage boxes)."""
-    from control.ssd import dummy_package
+    from core.ssd import dummy_package
     pkg = dummy_package(folder, name=f"m{seed}", num_classes=2, size=size, seed=seed)
     if nan:
         params = mx.nd.load(str(pkg.params_path))
@@ -82,7 +82,7 @@ def service(tmp_path_factory, packages):
     svc.store = folder / "artifacts" / "models"
     assert upload(svc, tgz(packages["a"])).status_code == 201
     assert post(svc, f"/models/{packages['a'].version}/activate").status_code == 200
-    svc.wait_status(lambda s: s["models"]["swap"]["state"] == "idle")
+    svc.wait_status(lambda s: s["models"]["swap"]["state"] == "confirmed")
     yield svc
     svc.stop()
 

@@ -1,11 +1,11 @@
-"""The model package contract (design.md section 1): what train writes and every loader checks."""
+"""The model package contract (docs/model-package.md): what train writes and every loader checks."""
 import json
 import shutil
 
 import pytest
 
-from shims.errors import ModelError
-from shims.package import load_package, write_package
+from core.errors import ModelError
+from core.package import load_package, write_package
 
 
 @pytest.fixture

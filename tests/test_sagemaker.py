@@ -11,9 +11,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from control.train import TrainError
-from control.train.inference import Detector
+from core.detector import Detector
 from control.train.sagemaker import follow, import_artifact, train_job, write_artifact
-from shims.errors import ModelError
+from core.errors import ModelError
 
 from test_train import CLASSES, write_synthetic_set
 
@@ -26,9 +26,9 @@ def test_our_artifact_imports_back_with_the_same_detections(trained, tmp_path):
     with tarfile.open(artifact) as tar:
         assert sorted(tar.getnames()) == ["hyperparams.json", "model_algo_1-0000.params", "model_algo_1-symbol.json"]
     imported = import_artifact(artifact, tmp_path / "imported", name="back", classes=CLASSES)
-    original, converted = Detector(package.folder), Detector(imported.folder)
+    original, converted = Detector.open(package.folder), Detector.open(imported.folder)
     for image in trainer.val_data.images:
-        np.testing.assert_allclose(converted.predict(image), original.predict(image), atol=1e-5)
+        np.testing.assert_allclose(converted.detect_rows([image])[0], original.detect_rows([image])[0], atol=1e-5)
 
 
 def rewrite(artifact, out, drop=(), replace=None):
@@ -80,7 +80,7 @@ def test_training_job_end_to_end(aws, trained, tmp_path):
     lines = []
     package = train_job(train_manifest, val_manifest, tmp_path / "runs/sm", role=ROLE, bucket="bkt", prefix="dl",
                         hyperparameters={"epochs": 3}, job_name="job-1", session=aws, echo=lines.append, poll_s=0)
-    assert package.classes == CLASSES and Detector(package.folder).classes == CLASSES
+    assert package.classes == CLASSES and Detector.open(package.folder).classes == CLASSES
     job = aws.client("sagemaker").describe_training_job(TrainingJobName="job-1")
     assert job["HyperParameters"] == {"num_classes": "2", "num_training_samples": "4", "image_shape": "300", "epochs": "3"}
     assert job["AlgorithmSpecification"]["TrainingImage"].endswith("/object-detection:1")

@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import requests
 
-import edge.runtime
+import edge.manager
+from core.detector import Detector
+from core.errors import Conflict
+from core.package import load_package
 from edge.config import load
-from edge.detector import Detector
-from edge.errors import ApiError
 from edge.runtime import Runtime
 from edge.store import ModelStore
-from shims.package import load_package
 from mqtt_subscriber import Subscriber
 from test_models_api import TOKEN, post, start_service, tgz, upload
 from test_store import problems
 
 
 def idle(doc):
-    return doc["models"]["swap"]["state"] == "idle"
+    """The model manager rests (no change in progress): idle, confirmed or rolled_back."""
+    return doc["models"]["swap"]["state"] in ("idle", "confirmed", "rolled_back")
 
 
 def activate_and_settle(service, version):
@@ -114,13 +115,13 @@ def wait_for(predicate, timeout=15):
 def test_a_model_failing_its_first_frames_is_rolled_back_and_marked_bad(runtime, packages, mosquitto, monkeypatch,
                                                                         fault, reason):
     good, bad = packages["a"].version, packages["b"].version
-    runtime.activate(good)
+    runtime.manager.activate(good)
     wait_for(lambda: idle(runtime.status()))
     events = Subscriber(mosquitto.address, "deeplens/gatecam/detections")
     monkeypatch.setattr(FailsOnceServing, "fault", fault)
-    monkeypatch.setattr(edge.runtime, "Detector", FailsOnceServing)
+    monkeypatch.setattr(edge.manager, "Detector", FailsOnceServing)
     try:
-        runtime.activate(bad)
+        runtime.manager.activate(bad)
         wait_for(lambda: idle(runtime.status()))
         processed = runtime.loop.frames_processed
         events.next("deeplens/gatecam/detections", where=lambda e: e["model_version"] == good)
@@ -131,6 +132,7 @@ def test_a_model_failing_its_first_frames_is_rolled_back_and_marked_bad(runtime,
         events.close()
     models = runtime.status()["models"]
     assert models["active"] == good and models["last_swap"]["result"] == "rolled_back"
+    assert models["swap"]["state"] == "rolled_back"
     rollback = models["last_rollback"]
     assert (rollback["from"], rollback["to"], rollback["automatic"]) == (bad, good, True) and reason in rollback["reason"]
     assert runtime.store.active == good and reason in runtime.store.get(bad).bad["reason"]
@@ -143,9 +145,8 @@ def test_a_model_failing_its_first_frames_is_rolled_back_and_marked_bad(runtime,
     finally:
         status.close()
     assert was_retained and retained["models"]["last_rollback"]["from"] == bad
-    with pytest.raises(ApiError, match="marked bad") as caught:  # until deleted and uploaded again
-        runtime.activate(bad)
-    assert caught.value.status == 409
+    with pytest.raises(Conflict, match="marked bad"):  # until deleted and uploaded again
+        runtime.manager.activate(bad)
 
 
 # -- concurrency and crashes -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from control.train import TrainError
 from control.train.config import FLIPS, TrainConfig
 from control.train.data import read_manifest
-from control.train.inference import Detector
+from core.detector import Detector, to_pixels
 from control.train.callbacks import Callback
 from control.train.trainer import train_local
 from control.train.transforms import TrainTransform
@@ -63,10 +63,10 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
 
 def test_package_detections_match_the_device_shim_and_the_training_graph(trained):
     trainer, package, manifest = trained
-    detector = Detector(package.folder)
+    detector = Detector.open(package.folder)
     device = awscam.Model(str(package.folder), {"GPU": 1})
     for image, gluon_rows in zip(trainer.val_data.images, trainer.predict_val()):
-        rows = detector.predict(image)          # images are 96x96, the input size: same pixels
+        rows = to_pixels(detector.detect_rows([image])[0], 96, 96)  # images are 96x96, the input size
         parsed = device.parseResult("ssd", device.doInference(image))["ssd"]
         shim = np.array([[d["label"], d["prob"], d["xmin"], d["ymin"], d["xmax"], d["ymax"]] for d in parsed])
         np.testing.assert_allclose(rows, shim.reshape(-1, 6), atol=1e-4)

@@ -4,7 +4,6 @@ import struct
 from urllib.parse import unquote, urlparse
 
 import cv2
-import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 

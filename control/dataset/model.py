@@ -9,9 +9,12 @@ import os
 import re
 from typing import List, Optional
 
+from core.errors import InvalidInput
 
-class DatasetError(Exception):
+
+class DatasetError(InvalidInput):
     """A dataset cannot be read or written; `problems` lists what was found, if anything."""
+    code = "invalid_dataset"
 
     def __init__(self, message, problems=()):
         self.problems = list(problems)

@@ -4,7 +4,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from shims.fileio import atomic_write_bytes
+from core.fileio import atomic_write_bytes
 
 from .images import read_image
 

@@ -15,10 +15,11 @@ import time
 
 import cv2
 import numpy as np
-import requests
 
-from shims.fileio import atomic_write_bytes, atomic_write_text
-from shims.quality import check_frame
+from core.client import DeviceClient
+from core.errors import DeepLensError, DeviceError
+from core.fileio import atomic_write_bytes, atomic_write_text
+from core.quality import check_frame
 
 from .images import dhash, hamming
 
@@ -26,19 +27,19 @@ NAME = re.compile(r"frame_(\d{6,})\.json$")
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
 
 
-class PullError(Exception):
-    """The device refused a request, or stayed unreachable through every retry."""
+class PullError(DeepLensError):
+    """The device refused a request, stayed unreachable through every retry, or sent only duplicates."""
 
 
 class Puller:
     def __init__(self, device, folder, image_format="jpeg", crop="square", size=300, dedup_threshold=10,
                  retries=5, timeout=10.0, backoff=0.5, max_skips=200):
-        self.url = (device if "://" in device else f"http://{device}").rstrip("/")
+        """`device`: a core.client.DeviceClient, or a DEVICE argument (URL, host:port or devices.yaml name)."""
+        self.client = device if isinstance(device, DeviceClient) else DeviceClient(device, timeout=timeout)
         self.folder, self.image_format = folder, image_format
         self.params = {"format": image_format, "count": 1, **({"crop": crop} if crop else {}), **({"size": size} if size else {})}
-        self.dedup_threshold, self.retries, self.timeout = dedup_threshold, retries, timeout
+        self.dedup_threshold, self.retries = dedup_threshold, retries
         self.backoff, self.max_skips = backoff, max_skips
-        self.session = requests.Session()
         os.makedirs(folder, exist_ok=True)
         self.hashes, self.next_index = self._scan()
 
@@ -100,15 +101,11 @@ class Puller:
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
             try:
-                response = self.session.get(f"{self.url}/capture", params=self.params, timeout=self.timeout)
-            except requests.RequestException as exc:
-                error = f"cannot reach {self.url}: {exc.__class__.__name__}"
-                continue
-            if response.status_code == 200:
-                return response.content, response.headers
-            error = f"{self.url}/capture answered {response.status_code}: {_error_message(response)}"
-            if response.status_code < 500:
-                raise PullError(error)
+                return self.client.capture(**self.params)
+            except DeviceError as exc:
+                if exc.status is not None and exc.status < 500:
+                    raise PullError(str(exc)) from None
+                error = exc
         raise PullError(f"{error} (after {self.retries + 1} tries)")
 
     def _save(self, data, pixels, headers, digest):
@@ -116,7 +113,7 @@ class Puller:
         image_file = name + EXTENSIONS[self.image_format]
         timestamp = float(headers.get("X-Frame-Timestamp") or time.time())
         seq = headers.get("X-Frame-Seq")
-        meta = {"file": image_file, "device": self.url, "seq": int(seq) if seq is not None else None,
+        meta = {"file": image_file, "device": self.client.url, "seq": int(seq) if seq is not None else None,
                 "time": datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(),
                 "timestamp": timestamp, "width": pixels.shape[1], "height": pixels.shape[0],
                 "capture": self.params, "dhash": f"{digest:016x}"}
@@ -127,9 +124,3 @@ class Puller:
         self.hashes.append(digest)
         self.next_index += 1
 
-
-def _error_message(response):
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

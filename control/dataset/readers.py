@@ -1,6 +1,6 @@
 """Readers of label exports made elsewhere; each feeds a Collector (see collect.py).
 
-Conventions per format (reference/labelling-formats.md): Labelbox, COCO, VOC are pixels;
+Conventions per format (docs/manifest.md, "Formats"): Labelbox, COCO, VOC are pixels;
 Label Studio percent of the original size; YOLO and MXNet .lst fractions of the image
 size, read from the image file. VOC corners are taken as written (no 1-based shift), as
 labelformat and our VOC writer do. Rows are numbered from 1 in messages.

@@ -9,8 +9,8 @@ import datetime
 import json
 import os
 
-from shims.fileio import atomic_open
-from shims.quality import flat_band_rows
+from core.fileio import atomic_open
+from core.quality import flat_band_rows
 
 from .images import image_size, read_image
 from .model import DatasetError, Problem, pixels

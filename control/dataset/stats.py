@@ -7,7 +7,7 @@ from collections import Counter
 import cv2
 import numpy as np
 
-from shims.fileio import atomic_write_bytes
+from core.fileio import atomic_write_bytes
 
 SIZE_BINS = (0, 16, 32, 64, 96, 128, 192, 256, 384, 512, 10 ** 9)   # box side sqrt(w*h) in px
 

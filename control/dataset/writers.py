@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 
-from shims.fileio import atomic_open
+from core.fileio import atomic_open
 
 from .model import DatasetError, pixels
 

@@ -2,10 +2,11 @@
 
 One module per idea: `data` (manifest to samples, batches), `transforms` (augmentation),
 `loss` (MultiBox targets, hard negative mining, the loss), `metrics` (the detection metric),
-`trainer` (the loop and its callbacks), `plots` (cv2 charts), `export` (packages, prediction),
-`sagemaker` (SageMaker artifacts and training jobs).
+`trainer` (the loop and its callbacks), `plots` (cv2 charts), `inference` (evaluation of a
+package through core.detector), `sagemaker` (SageMaker artifacts and training jobs).
 """
+from core.errors import DeepLensError
 
 
-class TrainError(Exception):
+class TrainError(DeepLensError):
     """A user-facing problem with a manifest, a model folder or a run: the message says what."""

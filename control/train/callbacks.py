@@ -7,7 +7,7 @@ import sys
 import click
 import cv2
 
-from shims.fileio import atomic_write_text
+from core.fileio import atomic_write_text
 
 from . import plots
 

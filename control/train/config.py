@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from core.crop import DEFAULT_CROP
+
 ARGS = "args.yaml"
 FLIPS = {
     "mirror": "left-right mirror, for classes that look alike mirrored (people, cars, animals)",
@@ -32,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     flip: str = "mirror"
     threshold: float = 0.5          # the deployed score threshold that evaluation reports P/R at
+    crop: str = DEFAULT_CROP        # how validation frames meet the input: as the device's crop setting
     classes: list = None
 
     @classmethod

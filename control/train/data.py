@@ -45,9 +45,9 @@ def load_image(path):
 
 
 class DetectionData:
-    """Decoded images kept in memory (camera frames are small) and a transform per draw."""
+    """Decoded images kept in memory (camera frames are small) and, for training, a transform per draw."""
 
-    def __init__(self, samples, transform):
+    def __init__(self, samples, transform=None):
         self.samples, self.transform = samples, transform
         self.images = [load_image(s.path) for s in samples]
 

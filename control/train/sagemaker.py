@@ -1,5 +1,5 @@
 """SageMaker's built-in object-detection algorithm: its artifact layout, both ways, and
-training jobs driven through boto3 (reference/sagemaker-object-detection.md).
+training jobs driven through boto3 (docs/model-package.md, "SageMaker artifacts").
 
 The artifact `model.tar.gz` holds `hyperparams.json` and the MXNet checkpoint of the
 *training* graph, `model_algo_1-symbol.json` / `-0000.params`, whose multibox layer names its
@@ -20,12 +20,12 @@ import mxnet as mx
 from control.dataset import read, write
 from control.dataset.sagemaker import DEFAULT_ATTRIBUTE
 
-from shims.errors import ModelError
-from shims.package import write_package
+from core.errors import ModelError
+from core.package import write_package
 
 from . import TrainError
 from .data import read_manifest
-from .inference import Detector, detection_inputs
+from core.detector import Detector, detection_inputs
 
 PREFIX = "model_algo_1"
 MULTIBOX = ("multibox_cls_pred", "multibox_loc_pred", "multibox_anchors")
@@ -125,7 +125,7 @@ def import_artifact(tarball, folder, name="model", classes=None, nms_threshold=N
     mx.nd.save(str(folder / f"{name}-0000.params"), {k: v for k, v in params.items() if k in needed})
     package = write_package(folder, name, classes, size, size,
                             source={"recipe": "sagemaker object-detection", "hyperparameters": hyper})
-    Detector(folder)    # refuses a graph whose params or class count do not fit, naming what is wrong
+    Detector.open(folder)    # refuses a graph whose params or class count do not fit, naming what is wrong
     return package
 
 

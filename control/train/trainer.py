@@ -15,8 +15,9 @@ import numpy as np
 import yaml
 from mxnet import autograd, gluon
 
-from control import ssd
-from shims.fileio import atomic_write_text, sha256_file
+from core import ssd
+from core.detector import Detector, to_pixels
+from core.fileio import atomic_write_text, sha256_file
 
 from . import TrainError
 from . import callbacks as cb
@@ -25,7 +26,7 @@ from .data import DetectionData, read_manifest
 from .loss import SSDLoss
 from .metrics import DetectionMetric
 from .sagemaker import write_artifact
-from .transforms import TrainTransform, ValTransform
+from .transforms import TrainTransform
 
 STATE = "state.json"
 
@@ -47,7 +48,7 @@ class Trainer:
         self.config, self.classes, self.run_dir = config, list(classes), Path(run_dir)
         self.callbacks = list(callbacks)
         self.train_data = DetectionData(train_samples, TrainTransform(config.size, flip=config.flip))
-        self.val_data = DetectionData(val_samples, ValTransform(config.size))
+        self.val_data = DetectionData(val_samples)
         try:
             self.net = ssd.build(config.arch, len(self.classes), seed=config.seed)
         except ValueError as exc:     # an unknown architecture: the message lists the known ones
@@ -55,6 +56,8 @@ class Trainer:
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.deploy = ssd.DeployNet(self.net)
         self.deploy.hybridize(static_alloc=True)
+        # Validation runs the device's detection path (crop policy included) on the graph in memory.
+        self.detector = Detector(GluonModel(self.deploy, config.size), self.classes, crop=config.crop)
         self.loss = SSDLoss()
         trainable = {k: v for k, v in self.net.collect_params().items() if v.grad_req != "null"}
         options = {"learning_rate": config.lr, "wd": config.weight_decay}
@@ -157,15 +160,13 @@ class Trainer:
                 "box_loss": round(float(totals[2]), 5), "lr": self.trainer.learning_rate,
                 "images_per_s": round(images / (time.monotonic() - started), 2)}
 
-    def predict_val(self):
-        """Detection rows in pixels of each validation image, from the device graph."""
-        out = []
-        for start in range(0, len(self.val_data), 16):
-            idx = range(start, min(start + 16, len(self.val_data)))
-            batch = np.stack([self.val_data.transform(self.val_data.images[i], self.val_data.samples[i].boxes)[0] for i in idx])
-            for i, rows in zip(idx, self.deploy(mx.nd.array(batch)).asnumpy()):
-                height, width = self.val_data.images[i].shape[:2]
-                out.append(to_pixels(rows[rows[:, 0] >= 0], width, height))
+    def predict_val(self, batch_size=16):
+        """Detection rows in pixels of each validation image, through the device's detection path."""
+        images, out = self.val_data.images, []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            out += [to_pixels(rows, image.shape[1], image.shape[0])
+                    for rows, image in zip(self.detector.detect_rows(chunk), chunk)]
         return out
 
     def validate(self):
@@ -177,12 +178,14 @@ class Trainer:
                 if k in ("map50", "map50_voc07", "map_coco")}
 
 
-def to_pixels(rows, width, height):
-    """Detection rows with normalised corners -> pixel corners of a width x height image."""
-    rows = np.array(rows, np.float64).reshape(-1, 6)
-    rows[:, (2, 4)] *= width
-    rows[:, (3, 5)] *= height
-    return rows
+class GluonModel:
+    """The trainer's in-memory device graph in the shape core.detector.Detector runs."""
+
+    def __init__(self, deploy, size):
+        self.deploy, self.width, self.height = deploy, size, size
+
+    def forward(self, batch):
+        return {"detection": self.deploy(mx.nd.array(batch)).asnumpy()}
 
 
 def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resume=False, callbacks=None):

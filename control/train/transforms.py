@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from control.ssd import BGR_MEAN
+from core.ssd import BGR_MEAN
 
 from .config import FLIPS
 
@@ -17,16 +17,6 @@ def _to_network(image, boxes, size):
     boxes[:, (2, 4)] /= height
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), boxes
-
-
-class ValTransform:
-    """Resize only, as the device does."""
-
-    def __init__(self, size):
-        self.size = size
-
-    def __call__(self, image, boxes, rng=None):
-        return _to_network(image, boxes, self.size)
 
 
 class TrainTransform:

@@ -1,7 +1,16 @@
-"""REST resources of the edge service, one blueprint each (see design.md, section 2)."""
+"""REST resources of the edge service, one blueprint each (docs/rest-api.md, and /openapi.json)."""
 from flask import current_app, request
 
-from ..errors import ApiError
+from core.errors import DeepLensError, InvalidInput
+
+
+class ApiError(DeepLensError):
+    """A refusal that only the REST API knows (a missing or wrong token), with its HTTP `status`.
+    Domain refusals are core.errors kinds, mapped to a status in edge/app.py."""
+
+    def __init__(self, status, code, message, field=None):
+        super().__init__(message, code=code, field=field)
+        self.status = status
 
 
 def runtime():
@@ -11,11 +20,11 @@ def runtime():
 def query(spec):
     """Validated query options: `spec` maps each allowed name to (type or tuple of choices, default, range).
 
-    Unknown options and bad values answer 400 naming the field.
+    Unknown options and bad values raise InvalidInput naming the field.
     """
     unknown = sorted(set(request.args) - set(spec))
     if unknown:
-        raise ApiError(400, "unknown_option", f"unknown option '{unknown[0]}'; allowed: {', '.join(spec)}", unknown[0])
+        raise InvalidInput(f"unknown option '{unknown[0]}'; allowed: {', '.join(spec)}", "unknown_option", unknown[0])
     values = {}
     for name, (kind, default, limits) in spec.items():
         raw = request.args.get(name)
@@ -23,15 +32,15 @@ def query(spec):
             values[name] = default
         elif isinstance(kind, tuple):
             if raw not in kind:
-                raise ApiError(400, "invalid_option", f"{name} must be one of {', '.join(kind)}, got {raw!r}", name)
+                raise InvalidInput(f"{name} must be one of {', '.join(kind)}, got {raw!r}", "invalid_option", name)
             values[name] = raw
         else:
             try:
                 value = kind(raw)
             except ValueError:
-                raise ApiError(400, "invalid_option", f"{name} must be {kind.__name__}, got {raw!r}", name) from None
+                raise InvalidInput(f"{name} must be {kind.__name__}, got {raw!r}", "invalid_option", name) from None
             low, high = limits
             if not low <= value <= high:
-                raise ApiError(400, "invalid_option", f"{name} must be between {low} and {high}, got {raw!r}", name)
+                raise InvalidInput(f"{name} must be between {low} and {high}, got {raw!r}", "invalid_option", name)
             values[name] = value
     return values

@@ -11,8 +11,7 @@ import zipfile
 
 from flask import Blueprint, Response
 
-from ..capture import FORMATS, NoCleanFrame, encode, grab_clean, map_truth, shape
-from ..errors import ApiError
+from ..capture import FORMATS, encode, grab_clean, map_truth, shape
 from . import query, runtime
 
 blueprint = Blueprint("capture", __name__)
@@ -38,10 +37,7 @@ def _frame_headers(frame, image, mapping):
 
 
 def _grab(rt, opts):
-    try:
-        frame, _ = grab_clean(rt.grabber, rt.config.capture_deadline, live=rt.camera_is_live)
-    except NoCleanFrame as exc:
-        raise ApiError(503, "no_clean_frame", str(exc)) from None
+    frame, _ = grab_clean(rt.grabber, rt.config.capture_deadline, live=rt.camera_is_live)
     image, mapping = shape(frame.image, None if opts["crop"] == "none" else opts["crop"], opts["size"] or None)
     return encode(image, opts["format"]), _frame_headers(frame, image, mapping)
 

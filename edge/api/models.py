@@ -10,12 +10,11 @@ import hmac
 
 from flask import Blueprint, jsonify, request
 
-from shims.errors import ModelError
-from shims.package import MODEL_JSON, load_package
+from core.errors import DiskFull, InvalidInput, ModelError, StorageError
+from core.package import MODEL_JSON, load_package
 
-from ..errors import ApiError
 from ..store import MB, UploadTooLarge, unpack
-from . import runtime
+from . import ApiError, runtime
 
 blueprint = Blueprint("models", __name__)
 CHUNK = MB
@@ -58,9 +57,9 @@ def upload():
             entry, created = rt.store.add(pkg)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ApiError(507, "disk_full", f"no space left for the package in {rt.store.root}; delete old "
+            raise DiskFull(f"no space left for the package in {rt.store.root}; delete old "
                            "versions (DELETE /models/<version>) or lower keep_versions") from None
-        raise ApiError(503, "store_unavailable", f"cannot write the model store {rt.store.root}: {exc}") from None
+        raise StorageError(f"cannot write the model store {rt.store.root}: {exc}") from None
     doc = entry.to_json()
     if not created:
         doc["note"] = "this version was stored already; nothing changed"
@@ -75,7 +74,7 @@ def _receive(path, limit):
     if request.mimetype == "multipart/form-data":
         source = request.files.get("package") or next(iter(request.files.values()), None)
         if source is None:
-            raise ApiError(400, "no_package", "the form has no file; send it as the field 'package'", "package")
+            raise InvalidInput("the form has no file; send it as the field 'package'", "no_package", "package")
         stream, expected = source.stream, None
     else:
         stream, expected = request.stream, request.content_length
@@ -87,25 +86,21 @@ def _receive(path, limit):
                 raise UploadTooLarge(limit)
             out.write(block)
     if not received or (expected is not None and received < expected):
-        raise ApiError(400, "truncated_upload", f"the upload ended after {received} of {expected or '?'} bytes")
+        raise InvalidInput(f"the upload ended after {received} of {expected or '?'} bytes", "truncated_upload")
 
 
 def _check(rt, folder, names):
-    """The package must verify against its manifest, list every file it brings, take the expected
-    input size, and run on a camera frame."""
+    """The package must verify against its manifest, list every file it brings, and run on this
+    device (input size, a camera frame: the model manager's check). Messages name the package's
+    files, not the staging folder."""
     try:
         pkg = load_package(folder, verify=True)
         unlisted = sorted(set(names) - set(pkg.files) - {MODEL_JSON})
         if unlisted:
             raise ModelError(f"{unlisted[0]} is not listed in {MODEL_JSON} 'files' (no checksum to verify it)")
-        expected = rt.expected_input()
-        if expected and (pkg.width, pkg.height) != expected:
-            raise ApiError(422, "wrong_input_size", f"the model takes {pkg.width}x{pkg.height} input; this device "
-                           f"runs {expected[0]}x{expected[1]} (the active model's, or setting model_input)", "input")
-        rt.prepare(folder)
+        rt.manager.check(folder)
     except ModelError as exc:
-        code = "checksum_mismatch" if "SHA-256" in str(exc) or "content hash" in str(exc) else "invalid_package"
-        raise ApiError(422, code, str(exc).replace(str(folder) + "/", "")) from None
+        raise ModelError(str(exc).replace(str(folder) + "/", ""), code=exc.code, field=exc.field) from None
     return pkg
 
 
@@ -113,20 +108,20 @@ def _check(rt, folder, names):
 def activate(version):
     require_token()
     rt = runtime()
-    rt.activate(version)
-    return jsonify(rt.status()["models"])
+    rt.manager.activate(version)
+    return jsonify(rt.manager.status())
 
 
 @blueprint.post("/models/rollback")
 def rollback():
     require_token()
     rt = runtime()
-    rt.rollback()
-    return jsonify(rt.status()["models"])
+    rt.manager.rollback()
+    return jsonify(rt.manager.status())
 
 
 @blueprint.delete("/models/<version>")
 def delete(version):
     require_token()
-    runtime().delete_version(version)
+    runtime().manager.delete(version)
     return jsonify({"deleted": version})

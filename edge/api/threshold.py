@@ -1,7 +1,8 @@
 """GET/PUT /threshold: the live detection threshold (default and per class)."""
 from flask import Blueprint, jsonify, request
 
-from ..errors import ApiError
+from core.errors import InvalidInput
+
 from . import runtime
 
 blueprint = Blueprint("threshold", __name__)
@@ -16,7 +17,7 @@ def get_threshold():
 def put_threshold():
     body = request.get_json(silent=True)
     if body is None:
-        raise ApiError(400, "invalid_json", 'send a JSON body like {"default": 0.4, "per_class": {"name": 0.6}}')
+        raise InvalidInput('send a JSON body like {"default": 0.4, "per_class": {"name": 0.6}}', "invalid_json")
     rt = runtime()
     doc = rt.threshold.update(body)
     rt.publish_status()

@@ -4,8 +4,9 @@ import time
 import cv2
 from flask import Blueprint, Response
 
+from core.errors import Unavailable
+
 from ..capture import encode, shape
-from ..errors import ApiError
 from . import query, runtime
 
 blueprint = Blueprint("view", __name__)
@@ -30,7 +31,7 @@ def annotate(result, size):
 def _latest(rt):
     result = rt.loop.latest
     if result is None:
-        raise ApiError(503, "no_frame_yet", "the camera has not delivered a frame yet")
+        raise Unavailable("the camera has not delivered a frame yet", "no_frame_yet")
     return result
 
 

@@ -2,7 +2,7 @@
 
 Frames come from the camera SPEC in `DEEPLENS_CAMERA` (default: the synthetic camera), read
 continuously by a background thread started on the first `getLastFrame()`, at the size in
-`DEEPLENS_FRAME_SIZE` when set. Models run on the CPU with MXNet (shims.runtime), whatever
+`DEEPLENS_FRAME_SIZE` when set. Models run on the CPU with MXNet (core.runtime), whatever
 `loading_config` asks, from the `.xml` that `mo.optimize` writes, a `<name>-symbol.json`
 beside its model.json, or a model package folder.
 """
@@ -15,9 +15,10 @@ import numpy as np
 from mo import read_descriptor
 from shims import settings
 from shims.camera import FrameGrabber, parse_size, source_from_spec
-from shims.errors import ModelError
-from shims.package import MODEL_JSON, load_package
-from shims.runtime import MXNetModel, ssd_rows
+from core.detector import Detector, to_pixels
+from core.errors import ModelError
+from core.package import MODEL_JSON, load_package
+from core.runtime import MXNetModel
 
 FIRST_FRAME_TIMEOUT = 10.0  # seconds the first getLastFrame() waits for the camera to start
 
@@ -63,11 +64,12 @@ class Model:
         if runtime not in (Runtime.DLDT, Runtime.NEO):
             raise ValueError(f"runtime must be awscam.Runtime.DLDT (0) or NEO (1), got {runtime!r}")
         self._runtime = runtime
-        self._model = _load(Path(model_topology_file))
+        self._detector = Detector(_load(Path(model_topology_file)), crop="stretch")
 
     def doInference(self, frame):
         """{output name: numpy array} for a BGR frame, resized to the input if it is not."""
-        outputs = self._model.infer(frame)
+        detector = self._detector
+        outputs = detector.infer(detector.preprocess(frame)[0])
         if self._runtime == Runtime.NEO:
             return dict(enumerate(outputs.values()))
         return outputs
@@ -78,11 +80,11 @@ class Model:
         if self._runtime == Runtime.NEO:
             return raw
         if model_type == "ssd":
-            width, height = self._model.width, self._model.height
-            return {"ssd": [{"label": int(row[0]), "prob": float(row[1]),
-                             "xmin": float(row[2] * width), "ymin": float(row[3] * height),
-                             "xmax": float(row[4] * width), "ymax": float(row[5] * height)}
-                            for row in ssd_rows(raw)]}
+            size = self._detector.model.width, self._detector.model.height
+            rows = to_pixels(self._detector.rows(raw, (0, 0, *size), size), *size)
+            return {"ssd": [{"label": int(row[0]), "prob": float(row[1]), "xmin": float(row[2]),
+                             "ymin": float(row[3]), "xmax": float(row[4]), "ymax": float(row[5])}
+                            for row in rows]}
         if model_type == "classification":
             probs = np.asarray(next(iter(raw.values()))).reshape(-1)
             return {"classification": [{"label": int(label), "prob": float(probs[label])}

@@ -11,10 +11,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from shims import settings
-from shims.errors import ModelError
-from shims.fileio import atomic_write_bytes
-from shims.package import find_checkpoint
-from shims.runtime import MXNetModel
+from core.errors import ModelError
+from core.fileio import atomic_write_bytes
+from core.package import find_checkpoint
+from core.runtime import MXNetModel
 
 log = logging.getLogger(__name__)
 

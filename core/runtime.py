@@ -1,4 +1,6 @@
-"""Run an MXNet inference graph on a frame: what `awscam.Model` does on the device."""
+"""The device runtime: an MXNet inference graph bound once on the CPU, as `awscam.Model` runs it.
+
+Frames reach it through core.detector.Detector, which crops and resizes them."""
 import logging
 
 import cv2
@@ -13,8 +15,8 @@ log = logging.getLogger(__name__)
 class MXNetModel:
     """An MXNet symbol + params bound once for batch-1 inference on the CPU.
 
-    Input is the resized BGR frame (HxWx3 uint8), as DeepLens code passes it; any
-    normalisation lives inside the graph (design.md, section 1).
+    Input is the resized BGR frame (1x3xHxW, 0..255), as DeepLens code passes it; any
+    normalisation lives inside the graph (docs/model-package.md).
     """
 
     def __init__(self, symbol_path, params_path, width, height, input_name="data"):
@@ -52,22 +54,15 @@ class MXNetModel:
     def from_package(cls, pkg):
         return cls(pkg.symbol_path, pkg.params_path, pkg.width, pkg.height)
 
-    def preprocess(self, frame):
-        """HxWx3 uint8 BGR -> 1x3xHxW float32, resizing when the caller has not."""
-        if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 BGR frame, got shape {getattr(frame, 'shape', None)}")
-        if frame.shape[:2] != (self.height, self.width):
-            frame = resize(frame, self.width, self.height)
-        return np.ascontiguousarray(frame.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
-
     def forward(self, batch):
-        """Run the graph on a 1x3xHxW float32 array; return {output name: numpy array}."""
+        """Run the graph on a Nx3xHxW float32 array; return {output name: numpy array}.
+        The graph is bound for batch 1 (the device's case): a larger batch runs image by image."""
+        if len(batch) != 1:
+            outputs = [self.forward(batch[i:i + 1]) for i in range(len(batch))]
+            return {name: np.concatenate([out[name] for out in outputs]) for name in self.output_names}
         self._exe.arg_dict[self.input_name][:] = batch
         outputs = self._exe.forward(is_train=False)
         return {name: out.asnumpy() for name, out in zip(self.output_names, outputs)}
-
-    def infer(self, frame):
-        return self.forward(self.preprocess(frame))
 
 
 def resize(image, width, height):
@@ -80,11 +75,3 @@ def resize(image, width, height):
     image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
-
-def ssd_rows(outputs):
-    """The (N, 6) detection rows `[class, score, xmin, ymin, xmax, ymax]` of an SSD output dict,
-    keeping only rows that were not suppressed (class >= 0), sorted by score."""
-    rows = next(iter(outputs.values()))
-    rows = rows.reshape(-1, rows.shape[-1])
-    rows = rows[rows[:, 0] >= 0]
-    return rows[np.argsort(-rows[:, 1], kind="stable")]

@@ -3,7 +3,7 @@
 A network is a backbone giving feature maps at a few scales, and per scale a 3x3 conv head
 for class scores and one for box offsets, with MultiBoxPrior anchors. `DeployNet` wraps it
 into the graph the device runs: SoftmaxActivation(mode='channel') + MultiBoxDetection, built
-only from layers the DeepLens model optimizer accepts (reference/awscam-api.md).
+only from layers the DeepLens model optimizer accepts (docs/model-package.md, "The graph").
 Input is the raw BGR frame 0..255; the first layer normalises it (a frozen BatchNorm, which
 the optimizer accepts and which costs nothing at inference).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet.gluon import nn
 
-from shims.package import write_package
+from core.package import write_package
 
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.12, 58.395)

@@ -1,9 +1,9 @@
-"""shims.quality.check_frame: broken frames are named, clean real and synthetic frames pass."""
+"""core.quality.check_frame: broken frames are named, clean real and synthetic frames pass."""
 import cv2
 import numpy as np
 import pytest
 
-from shims.quality import check_frame
+from core.quality import check_frame
 from shims.camera import FAULTS, source_from_spec
 
 # The two frames of the shared set that a broken MJPEG decode left with a flat green band at

@@ -3,7 +3,7 @@
 A package is a folder holding `<name>-symbol.json`, `<name>-0000.params` (an MXNet inference
 graph ending in `_contrib_MultiBoxDetection`) and `model.json`, which names the model, its
 version (a short content hash of symbol and params), input size, class names in class_id order,
-where it came from, and the SHA-256 of every file. See design.md, section 1.
+where it came from, and the SHA-256 of every file (docs/model-package.md).
 """
 import dataclasses
 import datetime
@@ -116,9 +116,10 @@ def load_package(folder, verify=True):
         if os.sep in filename or filename.startswith(".") or not path.is_file():
             raise ModelError(f"listed in {MODEL_JSON} 'files' but missing", path)
         if verify and sha256_file(path) != expected:
-            raise ModelError(f"SHA-256 does not match {MODEL_JSON} 'files'", path)
+            raise ModelError(f"SHA-256 does not match {MODEL_JSON} 'files'", path, code="checksum_mismatch")
     if verify and content_version(pkg.symbol_path, pkg.params_path) != pkg.version:
-        raise ModelError(f"field 'version' {pkg.version!r} is not the content hash of symbol and params", meta_path)
+        raise ModelError(f"field 'version' {pkg.version!r} is not the content hash of symbol and params", meta_path,
+                         code="checksum_mismatch")
     return pkg
 
 
