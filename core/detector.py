@@ -12,7 +12,6 @@ differs from the model's input. Stages are separate (preprocess, infer, postproc
 import json
 import time
 
-import mxnet as mx
 import numpy as np
 
 from .crop import DEFAULT_CROP, check_crop, crop_rect
@@ -40,18 +39,17 @@ def graph_classes(symbol, width, height, where):
     return shapes[0][1] - 1
 
 
-def check_package(package):
+def check_package(package, model):
     """Refuse a package the device could not serve: not an SSD, a class list that does not
     match the graph, or NaN/infinite weights (the graph's clipping and NMS would hide them
-    as 'no boxes')."""
+    as 'no boxes'). `model` is the package bound to the runtime (its graph and weights)."""
     if package.task != "ssd":
         raise ModelError(f"task {package.task!r} is not 'ssd'", package.folder / "model.json")
-    count = graph_classes(mx.sym.load(str(package.symbol_path)), package.width, package.height, package.symbol_path)
+    count = graph_classes(model.symbol, package.width, package.height, package.symbol_path)
     if count != len(package.classes):
         raise ModelError(f"graph predicts {count} classes but model.json 'classes' lists {len(package.classes)}",
                          package.folder / "model.json")
-    saved = mx.nd.load(str(package.params_path))
-    bad = sum(int(value.size - np.isfinite(value.asnumpy()).sum()) for value in saved.values())
+    bad = model.non_finite_weights()
     if bad:
         raise ModelError(f"{bad} weights are NaN or infinite (did the training diverge?)", package.params_path)
 
@@ -83,8 +81,9 @@ class Detector:
     def open(cls, folder, crop=DEFAULT_CROP):
         """A model package folder, checked (checksums, graph, weights) and bound to the device runtime."""
         package = load_package(folder)
-        check_package(package)
-        return cls(MXNetModel.from_package(package), package.classes, crop, package)
+        model = MXNetModel.from_package(package)
+        check_package(package, model)
+        return cls(model, package.classes, crop, package)
 
     @property
     def name(self):

@@ -49,6 +49,13 @@ class MXNetModel:
         except Exception as exc:
             raise ModelError(f"params do not fit the graph ({exc})", params_path) from None
         self.output_names = [n[:-len("_output")] if n.endswith("_output") else n for n in symbol.list_outputs()]
+        self.symbol = symbol
+
+    def non_finite_weights(self):
+        """How many bound weights are NaN or infinite."""
+        arrays = [*self._exe.arg_dict.items(), *self._exe.aux_dict.items()]
+        return sum(int(value.size - np.isfinite(value.asnumpy()).sum()) for name, value in arrays
+                   if name != self.input_name)
 
     @classmethod
     def from_package(cls, pkg):
