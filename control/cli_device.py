@@ -1,19 +1,23 @@
 """deeplens-ctl verbs of this group (see control/cli.py): swap-model, models, rollback, status,
-threshold, capture, watch, devices.
+threshold, capture, watch, doctor, devices (list, add, remove).
 
-Thin wrappers over the device client (core.client, core.watch) and the swap workflow
-(control.swap), with the shared conventions of control.cli_common.
+Thin wrappers over the device client (core.client, core.watch), the swap workflow
+(control.swap) and the checks of control.doctor, with the shared conventions of control.cli_common.
 """
 import contextlib
+import re
 import sys
 import time
+from urllib.parse import urlsplit
 
 import click
 
 from core import devices as registry
+from core.client import DeviceClient, peer_fingerprint
 from core.errors import DeviceError
 from core.watch import Watcher
 
+from . import doctor as doctoring
 from . import swap as swapping
 from .cli_common import device_argument, echo_json, json_option, user_errors
 
@@ -72,7 +76,9 @@ def swap_model(client, package, no_activate, wait, as_json):
     if result.get("first_detections"):
         click.echo(_detections_line(result["first_detections"]))
     elif "status" in result and not result.get("over_mqtt"):
-        click.echo("(the device's MQTT broker is out of reach: run `deeplens-ctl watch` where it is)")
+        why = f": {result['mqtt_problem']}" if result.get("mqtt_problem") else \
+            "; run `deeplens-ctl watch` where it is"
+        click.echo(f"(no detections shown: the device's MQTT broker is out of reach{why})", err=True)
 
 
 @click.command()
@@ -224,7 +230,8 @@ def watch(client, count, timeout, as_json):
     """
     with Watcher(client) as watcher:
         if not watcher.over_mqtt:
-            raise DeviceError(f"cannot reach the device's MQTT broker ({watcher.broker or 'none configured'})")
+            raise DeviceError(f"no detections to watch: {watcher.problem}" if watcher.problem else
+                              "no detections to watch: the device runs without an MQTT broker")
         deadline = time.monotonic() + (timeout or float("inf"))
         seen = 0
         while count is None or seen < count:
@@ -241,31 +248,178 @@ def watch(client, count, timeout, as_json):
 
 
 @click.command()
+@device_argument
 @json_option
-def devices(as_json):
-    """List the devices configured in ~/.config/deeplens-kit/devices.yaml (or DEEPLENS_DEVICES).
+def doctor(client, as_json):
+    """Check, step by step, that a device can be reached and used, and say what to fix.
+
+    One line per check: the name resolves, the port answers, the certificate is the pinned one
+    (https), /health answers, the token is accepted, /status answers, the MQTT broker takes the
+    device's credentials, the clocks agree, and the device has disk space, a camera and a
+    model. Each says `ok` or, in one sentence, what to do; a check that an earlier failure
+    makes pointless says `skipped`. Exit status 1 when a check fails; warnings (no model yet, a
+    clock a few seconds off, little disk) are shown and leave it 0.
+
+    \b
+    Examples:
+      deeplens-ctl doctor kitchen
+      deeplens-ctl doctor https://192.168.1.20:8443 --json
+      DEEPLENS_TOKEN=... deeplens-ctl doctor camera:8080
+    """
+    client.timeout = 5.0
+    checks = []
+    for check in doctoring.checks(client):
+        checks.append(check)
+        if not as_json:
+            label = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skipped": "skipped"}[check.status]
+            click.echo(f"{check.name:<7} {label:<8} {check.message}")
+    healthy = not any(c.status in ("fail", "skipped") for c in checks)
+    if as_json:
+        echo_json({"device": client.device.name, "url": client.url, "ok": healthy,
+                   "checks": [c.to_json() for c in checks]}, indent=2)
+    if not healthy:
+        click.get_current_context().exit(1)
+
+
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def devices(ctx, as_json):
+    """List the devices configured in ~/.config/deeplens-kit/devices.yaml (or DEEPLENS_DEVICES),
+    and add or remove them (`devices add`, `devices remove`).
+
+    The list shows whether a token is stored and whether a certificate is pinned, never the token.
 
     \b
     Examples:
       deeplens-ctl devices
       DEEPLENS_DEVICES=lab.yaml deeplens-ctl devices --json
+      deeplens-ctl devices add kitchen https://192.168.1.20:8443 --token TOKEN
+      deeplens-ctl devices remove kitchen
     \b
-    The file:
+    The file (written by `devices add` with mode 0600):
       devices:
         kitchen:
-          url: http://192.168.1.20:8080
+          url: https://192.168.1.20:8443
           token: the-token-set-on-the-device
+          fingerprint: 3A:F1:...:9C
         garage: http://garage.local:8080
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with user_errors():
         found = registry.load_devices()
     if as_json:
-        echo_json({name: {"url": d.url, "token": bool(d.token)} for name, d in found.items()}, indent=2)
+        echo_json({name: {"url": d.url, "token": bool(d.token), **({"fingerprint": d.fingerprint} if d.fingerprint else {})}
+                   for name, d in found.items()}, indent=2)
         return
     if not found:
         click.echo(f"no devices configured in {registry.config_path()}", err=True)
     for name, d in found.items():
-        click.echo(f"{name:<16} {d.url}{'  (token set)' if d.token else ''}")
+        notes = [n for n, on in (("token set", d.token), (f"pinned {d.fingerprint[:11]}...", d.fingerprint)) if on]
+        click.echo(f"{name:<16} {d.url}" + (f"  ({', '.join(notes)})" if notes else ""))
 
 
-COMMANDS = [swap_model, models, rollback, status, threshold, capture, watch, devices]
+def _fingerprint_option(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return registry.normalise_fingerprint(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _name_argument(ctx, param, value):
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+        raise click.BadParameter(f"'{value}': use letters, digits, '_', '-' and '.' (it is what you type as DEVICE)")
+    return value
+
+
+@devices.command("add")
+@click.argument("name", callback=_name_argument)
+@click.argument("url")
+@click.option("--token", required=True, envvar="DEEPLENS_TOKEN", show_envvar=True,
+              help="The device's token (its `token` setting), checked with the device before it is stored.")
+@click.option("--fingerprint", callback=_fingerprint_option, metavar="SHA256",
+              help="The fingerprint the device printed at install (hex pairs); the device's certificate "
+                   "must match it, or nothing is stored.")
+def devices_add(name, url, token, fingerprint):
+    """Add (or replace) a device in the devices file, after checking it.
+
+    For an https URL this reads the device's certificate and pins its SHA-256 fingerprint: from
+    then on the device is reached with that certificate only (a device makes its own
+    self-signed one). Compare the printed fingerprint with the one the device showed at install,
+    or give it with --fingerprint to have it compared. The token is then checked with the device
+    over that connection. The file is written with mode 0600: it holds tokens.
+
+    \b
+    Examples:
+      deeplens-ctl devices add kitchen https://192.168.1.20:8443 --token TOKEN
+      deeplens-ctl devices add kitchen https://192.168.1.20:8443 --token TOKEN --fingerprint 3A:F1:...:9C
+      DEEPLENS_TOKEN=$(cat demo-state/demo-token) deeplens-ctl devices add demo http://127.0.0.1:8080
+    """
+    with user_errors():
+        device, path, doc = add_device(name, url, token, fingerprint)
+    if device.fingerprint:
+        click.echo(f"SHA-256 fingerprint {device.fingerprint}")
+        if not fingerprint:
+            click.echo("(compare it with the fingerprint the device printed at install; "
+                       "--fingerprint makes this command compare it)", err=True)
+    click.echo(f"stored {name} in {path}: {device.url}, token checked"
+               + (", certificate pinned" if device.fingerprint else ", plain HTTP (the token travels unencrypted)")
+               + (f"; device '{doc['device_id']}'" if doc.get("device_id") else ""))
+
+
+def add_device(name, url, token, fingerprint=None, path=None):
+    """Check a device (its certificate, then its token) and store it; (Device, path, /status document)."""
+    url = registry.normalise_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeviceError(f"'{url}' is not an http:// or https:// URL of a device")
+    if fingerprint and parts.scheme != "https":
+        raise DeviceError(f"--fingerprint pins a certificate, and {url} is plain HTTP: give the https:// URL")
+    seen = ""
+    if parts.scheme == "https":
+        try:
+            seen = peer_fingerprint(parts.hostname, parts.port or 443)
+        except OSError as exc:
+            raise DeviceError(f"cannot read the certificate of {parts.netloc} "
+                              f"({getattr(exc, 'reason', None) or exc.strerror or exc}); nothing stored") from None
+        if fingerprint and seen != fingerprint:
+            raise DeviceError(f"{url} presents a certificate with SHA-256 {seen}, not the {fingerprint} you gave: "
+                              f"nothing stored; check the fingerprint on the device (someone may be in between)")
+    device = registry.Device(name, url, token, seen)
+    client = DeviceClient(device)
+    try:
+        client.mqtt()  # needs the token
+    except DeviceError as exc:
+        if exc.status == 401:
+            raise DeviceError(f"the token is wrong: {url} answered 401; nothing stored") from None
+        if exc.status == 403:
+            raise DeviceError(f"{url} has no token set, so it refuses every change: give it one "
+                              f"(deeplens-edge --token or DEEPLENS_TOKEN on the device); nothing stored") from None
+        if exc.status != 404:  # 404: a device without MQTT; the token was checked first
+            raise DeviceError(f"{exc}; nothing stored") from None
+    try:
+        doc = client.status()
+    except DeviceError as exc:
+        raise DeviceError(f"{exc}; nothing stored") from None
+    return device, registry.save_device(device, path), doc
+
+
+@devices.command("remove")
+@click.argument("name")
+def devices_remove(name):
+    """Remove a device from the devices file (the other entries stay).
+
+    \b
+    Examples:
+      deeplens-ctl devices remove kitchen
+      DEEPLENS_DEVICES=lab.yaml deeplens-ctl devices remove old-camera
+    """
+    with user_errors():
+        path = registry.remove_device(name)
+    click.echo(f"removed {name} from {path}")
+
+
+COMMANDS = [swap_model, models, rollback, status, threshold, capture, watch, doctor, devices]

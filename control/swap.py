@@ -78,6 +78,8 @@ def swap(client, path, activate=True, wait=60.0, progress=None, progress_start=N
         deadline = started + wait
         result["status"] = watcher.wait_outcome(models["last_swap"], deadline)["models"]
         result["over_mqtt"] = watcher.over_mqtt
+        if watcher.problem:
+            result["mqtt_problem"] = watcher.problem
         if watcher.over_mqtt:
             arrived, event = watcher.first_detections(stored["version"], max(deadline, time.monotonic() + 5))
             if event is not None:

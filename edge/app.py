@@ -4,14 +4,15 @@ Domain code raises core.errors kinds and never names a status; STATUS maps each 
 (the most specific class wins), so every route answers the same error for the same fault:
 `{"error": {"code", "message", "field"?}}` (docs/rest-api.md).
 """
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from core.errors import (Conflict, DeepLensError, DiskFull, InvalidInput, ModelError, NotFound, TooLarge,
                          Unavailable)
 
-from .api import ApiError, capture, models, openapi, status, threshold, view
+from .api import ApiError, capture, models, openapi, require_token, status, threshold, view
 
+PUBLIC = {"status.health", "openapi.openapi"}  # what answers without the token even when reads need it
 STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, TooLarge: 413, ModelError: 422,
           Unavailable: 503, DiskFull: 507}
 
@@ -36,6 +37,11 @@ def create_app(runtime):
     app.extensions["deeplens"] = runtime
     for module in (capture, models, openapi, status, threshold, view):
         app.register_blueprint(module.blueprint)
+
+    @app.before_request
+    def reads_need_token():
+        if request.endpoint not in PUBLIC and runtime.config.reads_need_token:
+            require_token()
 
     @app.errorhandler(DeepLensError)
     def domain_error(exc):

@@ -15,68 +15,112 @@ import subprocess
 import threading
 import time
 
+from .config import is_loopback
 from .errors import BrokerError
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-PREFERRED_PORT = 1883
 START_TIMEOUT_S = 10.0
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def start_broker(config):
     """Resolve `config.broker` to `(address "host:port" | None, handle | None)`.
 
-    Only an embedded broker has a handle; its `stop()` ends it.
+    Only an embedded broker has a handle; its `stop()` ends it. The embedded broker listens
+    where the REST API does (`host`). With `mqtt_username` and `mqtt_password` set, that user
+    is the only one who may publish (so only it can send commands); clients without them may
+    read on loopback and are refused beyond it, where credentials are required.
     """
     if config.broker == "none":
         return None, None
     if config.broker != "embedded":
         return config.broker, None
-    port = _port()
-    handle = MosquittoBroker(config.state_path / "mosquitto", port) if shutil.which("mosquitto") else AmqttBroker(port)
+    host, users = config.host, {}
+    if config.mqtt_username and config.mqtt_password:
+        users[config.mqtt_username] = config.mqtt_password
+    elif config.beyond_loopback:
+        raise BrokerError(f"the embedded broker would listen on {host} for other machines without a password: "
+                          "set mqtt_username and mqtt_password (or mqtt_password_file; `deeplens-edge install` "
+                          "makes them), or listen on 127.0.0.1")
+    tls = (config.tls_cert, config.tls_key) if config.tls_cert else None
+    port = _port(host, config.mqtt_port)
+    if config.mqtt_port and port != config.mqtt_port:
+        log.warning("MQTT port taken; the embedded broker listens on another",
+                    extra={"fields": {"wanted": config.mqtt_port, "port": port}})
+    if shutil.which("mosquitto"):
+        handle = MosquittoBroker(config.state_path / "mosquitto", host, port, users, tls)
+    elif users or tls or config.beyond_loopback:
+        raise BrokerError("an embedded broker with passwords, TLS or beyond loopback needs mosquitto: "
+                          "apt-get install mosquitto (or pass --broker HOST:PORT)")
+    else:
+        handle = AmqttBroker(port)
     log.info("started an embedded MQTT broker", extra={"fields": {"broker": handle.kind, "address": handle.address}})
     return handle.address, handle
 
 
-def _port():
-    """1883 when it is free (what every MQTT tool tries first), else any free port."""
-    for port in (PREFERRED_PORT, 0):
-        with socket.socket() as s:
+def local_host(host):
+    """Where a client on this machine reaches a server listening on `host`."""
+    return "127.0.0.1" if host in WILDCARDS else host
+
+
+def _port(host, preferred):
+    """`preferred` when it is free (1883: what every MQTT tool tries first), else any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             try:
-                s.bind((HOST, port))
+                s.bind((host, port))
             except OSError:
                 continue
             return s.getsockname()[1]
-    raise BrokerError(f"no free TCP port on {HOST} for the embedded MQTT broker")
+    raise BrokerError(f"no free TCP port on {host} for the embedded MQTT broker")
 
 
-def _listening(port):
+def _listening(host, port):
     try:
-        socket.create_connection((HOST, port), timeout=0.2).close()
+        socket.create_connection((local_host(host), port), timeout=0.2).close()
         return True
     except OSError:
         return False
 
 
 class MosquittoBroker:
-    """`mosquitto -c <state>/mosquitto.conf` as a child process, on loopback, with persistence."""
+    """`mosquitto -c <state>/mosquitto.conf` as a child process, with persistence; with `users`
+    ({name: password}) only they may publish; with `tls` (cert file, key file) its listener is TLS."""
 
     kind = "mosquitto"
 
-    def __init__(self, folder, port):
-        self.address = f"{HOST}:{port}"
+    def __init__(self, folder, host, port, users=None, tls=None):
+        self.host, self.port = host, port
+        self.address = f"{host}:{port}"
         folder.mkdir(parents=True, exist_ok=True)
-        conf = folder / "mosquitto.conf"
+        os.chmod(folder, 0o700)  # the password file and persistence stay the service's own
         # `user`: run as whoever runs the service (mosquitto would switch from root to 'mosquitto',
         # which cannot write our state folder).
-        conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence true\n"
-                        f"persistence_location {folder}/\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        lines = [f"listener {port} {host}" if host not in WILDCARDS else f"listener {port}",
+                 "persistence true", f"persistence_location {folder}/",
+                 f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
+        if tls:
+            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
+        if users:
+            passwords = folder / "passwd"
+            passwords.write_text("".join(f"{name}:{password}\n" for name, password in users.items()))
+            os.chmod(passwords, 0o600)
+            subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True, capture_output=True)
+            acl = folder / "acl"
+            # Rules before any `user` line are the anonymous clients': read only.
+            acl.write_text("topic read #\n" + "".join(f"user {name}\ntopic readwrite #\n" for name in users))
+            lines += [f"password_file {passwords}", f"acl_file {acl}",
+                      f"allow_anonymous {'true' if is_loopback(host) else 'false'}"]
+        else:
+            lines.append("allow_anonymous true")
+        conf = folder / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
         self.log_path = folder / "mosquitto.log"
         with open(self.log_path, "wb") as log_file:
             self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(port):
+        while not _listening(host, port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
@@ -100,7 +144,7 @@ class AmqttBroker:
     kind = "amqtt"
 
     def __init__(self, port):
-        self.address = f"{HOST}:{port}"
+        self.address = f"127.0.0.1:{port}"
         # A plugins section silences amqtt's warning about plugins loaded from entry points.
         self._config = {"listeners": {"default": {"type": "tcp", "bind": self.address}},
                         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}

@@ -112,5 +112,59 @@ def run_lambda(lambda_file, handler, config_file, **flags):
     sys.exit(run(lambda_file, config, handler=handler))
 
 
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Address the service listens on (REST and MQTT); 0.0.0.0: every network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="HTTPS port.")
+@click.option("--camera", default="webcam:0", show_default=True, help="Camera spec (see `serve --help`).")
+@click.option("--user", default="deeplens", show_default=True, help="System user the service runs as (made if missing).")
+@click.option("--root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="Install under this folder instead of / (for trying it out and for tests).")
+@click.option("--from", "source", type=click.Path(exists=True),
+              help="deeplens-kit to install: a project folder or a wheel (default: the checkout this runs from).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Your certificate (PEM) instead of a "
+              "self-signed one.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The key of --tls-cert.")
+@click.option("--python", type=click.Path(exists=True, dir_okay=False),
+              help="Python 3.9 to 3.11 for the environment (default: the one running this command).")
+@click.option("--uninstall", is_flag=True, help="Remove what install made; the models and state stay.")
+@click.option("--purge", is_flag=True, help="With --uninstall: remove the models, state and the user it made too.")
+def install(host, port, camera, user, root, source, tls_cert, tls_key, python, uninstall, purge):
+    """Install the service on this device (as root): its own environment, a system user, settings,
+    a token, broker credentials, a certificate for HTTPS, and the systemd unit. Run it again to
+    upgrade in place: settings, token, certificate and models are kept.
+
+    \b
+    Examples:
+      sudo deeplens-edge install --camera webcam:0
+      sudo deeplens-edge install --host 192.168.1.20 --port 8443 --tls-cert cert.pem --tls-key key.pem
+      sudo deeplens-edge install --uninstall            # keeps the models (--purge removes them)
+    """
+    from .install import install as do_install, uninstall as do_uninstall
+    from core.errors import DeepLensError
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731 - progress on stderr, the result on stdout
+    try:
+        if uninstall:
+            do_uninstall(root, purge=purge, echo=echo)
+            return
+        if bool(tls_cert) != bool(tls_key):
+            raise click.UsageError("give --tls-cert and --tls-key together")
+        done = do_install(root, host=host, port=port, camera=camera, user=user, source=source,
+                          tls_cert=tls_cert, tls_key=tls_key, python=python, echo=echo)
+    except DeepLensError as exc:
+        raise click.ClickException(str(exc)) from None
+    shown_host = done["url"].split("//", 1)[1].rsplit(":", 1)[0]
+    address = shown_host if shown_host not in ("0.0.0.0", "::") else "THIS-DEVICE"
+    click.echo(f"deeplens-edge is installed: {done['url']}")
+    click.echo(f"  certificate fingerprint  {done['fingerprint']}")
+    if done["token"]:
+        click.echo(f"  token                    {done['token']}   (shown once; kept in {done['token_file']})")
+    else:
+        click.echo(f"  token                    kept in {done['token_file']}")
+    click.echo("On your laptop:")
+    click.echo(f"  deeplens-ctl devices add NAME https://{address}:{done['url'].rsplit(':', 1)[1]} "
+               f"--token TOKEN --fingerprint {done['fingerprint']}")
+
+
 if __name__ == "__main__":
     main()

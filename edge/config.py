@@ -6,6 +6,7 @@ Errors name the key, the bad value and where it came from (file and line, variab
 """
 import dataclasses
 import difflib
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -73,8 +74,12 @@ def _level(value):
 
 
 SETTINGS = [
-    Setting("host", str, "127.0.0.1", "Address the REST API listens on (0.0.0.0 for the whole network)."),
+    Setting("host", str, "127.0.0.1", "Address the REST API and the embedded MQTT broker listen on (127.0.0.1: "
+            "this machine only; 0.0.0.0: every network, which needs a token and broker credentials)."),
     Setting("port", int, 8080, "Port of the REST API.", _port),
+    Setting("tls_cert", str, "", "PEM certificate (chain) for HTTPS, and for the embedded broker's TLS; "
+            "`deeplens-edge install` makes a self-signed one (empty: plain HTTP)."),
+    Setting("tls_key", str, "", "PEM private key of tls_cert."),
     Setting("camera", str, DEFAULT_CAMERA, "Camera spec: synthetic[:SEED], folder:PATH, video:PATH, webcam:INDEX or url:URL, "
             "with options ?size=WxH&fps=N&faults=band:P,black:P,freeze:P,drop:P.", _camera),
     Setting("frame_size", str, "1920x1080", "Size of synthetic frames, WIDTHxHEIGHT.", _size),
@@ -88,8 +93,13 @@ SETTINGS = [
     Setting("device_id", str, "", "Device name used in MQTT topics (default: this host's name)."),
     Setting("thing_name", str, "", "AWS IoT thing name for the legacy topic (default: $AWS_IOT_THING_NAME or deeplens_<device_id>)."),
     Setting("broker", str, "embedded", "MQTT broker: HOST:PORT, 'embedded' (start one here) or 'none'.", _broker),
-    Setting("mqtt_username", str, "", "MQTT user name."),
+    Setting("mqtt_port", int, 1883, "Port the embedded broker prefers; when it is taken another free port is used "
+            "and said at start and in /status (0: any free port).", _port),
+    Setting("mqtt_username", str, "", "MQTT user name (for the embedded broker: the one user allowed to publish; "
+            "made up and kept in the state folder when empty)."),
     Setting("mqtt_password", str, "", "MQTT password."),
+    Setting("mqtt_password_file", str, "", "File whose first line is the MQTT password (keeps it out of `ps` and the "
+            "environment)."),
     Setting("mqtt_tls", bool, False, "Connect to the broker over TLS."),
     Setting("mqtt_ca_file", str, "", "CA bundle for MQTT over TLS (default: the system's)."),
     Setting("mqtt_queue", int, 1000, "Events kept while the broker is away; older ones are dropped and counted.", _positive),
@@ -97,8 +107,12 @@ SETTINGS = [
     Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
     Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
     Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
-    Setting("token", str, "", "Bearer token that model-store changes (upload, activate, rollback, delete) "
+    Setting("token", str, "", "Bearer token that every change (threshold, model upload, activate, rollback, delete) "
             "must send as 'Authorization: Bearer TOKEN'; without one they are refused."),
+    Setting("token_file", str, "", "File whose first line is the token (keeps it out of `ps` and the environment)."),
+    Setting("protect_reads", str, "auto", "Whether reads (/capture, /stream, /status, ...) need the token too: "
+            "yes, no, or auto (yes when listening beyond loopback).",
+            lambda v: None if v in ("auto", "yes", "no") else "must be auto, yes or no"),
     Setting("keep_versions", int, 5, "Model versions the store keeps; older ones are pruned "
             "(the active one, its rollback target and the newest always stay).", _positive),
     Setting("max_upload_mb", float, 200.0, "Largest model package accepted, packed or unpacked, in MB.", _positive),
@@ -111,6 +125,9 @@ SETTINGS = [
     Setting("log_level", str, "warning", "Log level: debug, info, warning or error.", _level),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
+SECRET_FILES = {"token": "token_file", "mqtt_password": "mqtt_password_file"}  # a file fills the value left empty
+# DEEPLENS_* variables that are not settings: the config file's name, and the controller's devices file.
+NOT_SETTINGS = {"DEEPLENS_CONFIG", "DEEPLENS_DEVICES"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +163,26 @@ class Config:
     def thing(self):
         return self.thing_name or os.environ.get("AWS_IOT_THING_NAME") or f"deeplens_{self.device}"
 
+    @property
+    def beyond_loopback(self):
+        """Whether the service listens for other machines, not only this one."""
+        return not is_loopback(self.host)
+
+    @property
+    def reads_need_token(self):
+        return self.protect_reads == "yes" or (self.protect_reads == "auto" and self.beyond_loopback)
+
     def replace(self, **changes):
         return load(overrides=changes, base=self)
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _coerce(setting, raw, source):
@@ -222,14 +257,26 @@ def load(config_file=None, env=None, overrides=None, base=None):
     if config_file:
         layers.append(read_file(config_file))
     layers.append({key[len("DEEPLENS_"):].lower(): (raw, f"environment variable {key}")
-                   for key, raw in env.items() if key.startswith("DEEPLENS_") and key != "DEEPLENS_CONFIG"})
+                   for key, raw in env.items() if key.startswith("DEEPLENS_") and key not in NOT_SETTINGS})
     layers.append({key: (raw, f"option --{key.replace('_', '-')}")
                    for key, raw in (overrides or {}).items() if raw is not None})
     for layer in layers:
         for key, (raw, source) in layer.items():
             if key not in BY_KEY:
-                if source.startswith("environment"):
-                    continue  # DEEPLENS_* variables of other tools are not ours to refuse
                 raise _unknown(key, source)
             values[key] = _coerce(BY_KEY[key], raw, source)
+    for key, file_key in SECRET_FILES.items():
+        if values[file_key] and not values[key]:
+            values[key] = _read_secret(values[file_key], file_key)
     return Config(values)
+
+
+def _read_secret(path, key):
+    """The first line of a token or password file."""
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file that '{key}' names ({exc.strerror})") from None
+    if not secret or not secret[0].strip():
+        raise ConfigError(f"{path}: the file that '{key}' names is empty")
+    return secret[0].strip()

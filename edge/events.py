@@ -10,11 +10,14 @@ queue refuses new ones, and those are counted as dropped.
 """
 import json
 import logging
+import ssl
 import threading
 
 import paho.mqtt.client as mqtt
 
 from core import topics as topics_contract
+
+from .broker import local_host
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Publisher:
     """
 
     def __init__(self, host, port, device_id, thing_name, *, username=None, password=None, tls=False,
-                 ca_file=None, queue_limit=1000, legacy=False, client_id=None):
+                 ca_file=None, tls_verify=True, queue_limit=1000, legacy=False, client_id=None):
         self.address = f"{host}:{port}"
         self.topics = topics_contract.topics(device_id)
         self.legacy_topic = topics_contract.legacy_topic(thing_name) if legacy else None
@@ -69,8 +72,9 @@ class Publisher:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"deeplens-edge-{device_id}")
         if username:
             self._client.username_pw_set(username, password or None)
-        if tls:
-            self._client.tls_set(ca_certs=ca_file or None)  # verifies the broker's certificate
+        if tls:  # verifies the broker's certificate, unless it is our own embedded broker on this machine
+            self._client.tls_set(ca_certs=ca_file or None, cert_reqs=ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE)
+            self._client.tls_insecure_set(not tls_verify)
         self._client.max_queued_messages_set(queue_limit)
         self._client.reconnect_delay_set(*RECONNECT_DELAY)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
@@ -186,6 +190,8 @@ def from_config(config, address):
     if address is None:
         return NullPublisher()
     host, _, port = address.rpartition(":")
-    return Publisher(host, int(port), config.device, config.thing, username=config.mqtt_username or None,
-                     password=config.mqtt_password or None, tls=config.mqtt_tls, ca_file=config.mqtt_ca_file or None,
-                     queue_limit=config.mqtt_queue, legacy=config.legacy_topic)
+    embedded = config.broker == "embedded"
+    return Publisher(local_host(host) if embedded else host, int(port), config.device, config.thing,
+                     username=config.mqtt_username or None, password=config.mqtt_password or None,
+                     tls=bool(config.tls_cert) if embedded else config.mqtt_tls, ca_file=config.mqtt_ca_file or None,
+                     tls_verify=not embedded, queue_limit=config.mqtt_queue, legacy=config.legacy_topic)

@@ -18,11 +18,12 @@ STAGES = ("grab", "preprocess", "infer", "postprocess", "publish")
 
 
 class Result:
-    """What the loop saw last: the raw frame, its kept detections, and which model produced them."""
-    __slots__ = ("frame", "detections", "model_version")
+    """What the loop saw last: the raw frame, its kept detections, which model produced them,
+    and the region of the frame that model saw (x, y, w, h normalised; None without a model)."""
+    __slots__ = ("frame", "detections", "model_version", "region")
 
-    def __init__(self, frame, detections, model_version):
-        self.frame, self.detections, self.model_version = frame, detections, model_version
+    def __init__(self, frame, detections, model_version, region=None):
+        self.frame, self.detections, self.model_version, self.region = frame, detections, model_version, region
 
 
 class InferenceLoop(threading.Thread):
@@ -83,7 +84,8 @@ class InferenceLoop(threading.Thread):
         kept = [d for d in detections if self.threshold.passes(d["label"], d["score"])]
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - grabbed) * 1000, infer=(t2 - t1) * 1000, postprocess=(t3 - t2) * 1000)
-        self.latest = Result(frame, kept, detector.version)
+        self.latest = Result(frame, kept, detector.version,
+                             (region[0] / width, region[1] / height, region[2] / width, region[3] / height))
         if kept and t3 - self._last_event_at >= self.min_event_gap:
             self._last_event_at = t3
             self.publisher.publish_detections(

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from .broker import start_broker
+from .broker import local_host, start_broker
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,13 @@ def run_lambda(path, config, handler=None):
     address, broker = start_broker(config)
     if broker:  # at exit, after greengrasssdk's own flush (atexit runs in reverse order)
         atexit.register(broker.stop)
+    host, _, port = (address or "").rpartition(":")
+    embedded = config.broker == "embedded"
     env = {"DEEPLENS_CAMERA": config.camera, "DEEPLENS_FRAME_SIZE": config.frame_size,
-           "DEEPLENS_ARTIFACTS": config.artifacts, "DEEPLENS_BROKER": address or "",
-           "AWS_IOT_THING_NAME": config.thing}
+           "DEEPLENS_ARTIFACTS": config.artifacts,
+           "DEEPLENS_BROKER": f"{local_host(host) if embedded else host}:{port}" if address else "",
+           "DEEPLENS_MQTT_USERNAME": config.mqtt_username, "DEEPLENS_MQTT_PASSWORD": config.mqtt_password,
+           "DEEPLENS_MQTT_TLS": "yes" if embedded and config.tls_cert else "", "AWS_IOT_THING_NAME": config.thing}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     drain = ResultsDrain()

@@ -174,7 +174,11 @@ class ModelManager:
     def start(self):
         """Start the thread; returns once crash recovery is done and the first model is loaded."""
         self._thread.start()
-        self._call(self._boot)
+        try:
+            self._call(self._boot)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout=5.0):

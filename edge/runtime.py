@@ -6,13 +6,18 @@ part that cannot start (no model, no broker, no camera yet) leaves the service r
 the reason in /status. Model changes belong to the model manager (edge/manager.py).
 """
 import logging
+import os
 import secrets
+import shutil
 import signal
+import socket
+import sys
 import threading
 import time
 
 from core.errors import DeepLensError, ModelError
 from core.fileio import atomic_write_text
+from core.tls import certificate_fingerprint
 from core.topics import topics
 from shims.camera import FrameGrabber
 
@@ -45,6 +50,8 @@ class Runtime:
         self._status_thread = None
         self.threshold = self.grabber = self.publisher = self.loop = self.manager = None
         self.store = ModelStore(config.store_path, keep=config.keep_versions)
+        self.url = None  # what the REST API is served at, once it is
+        self.fingerprint = certificate_fingerprint(config.tls_cert) if config.tls_cert else None
 
     @property
     def camera_is_live(self):
@@ -53,6 +60,14 @@ class Runtime:
 
     # -- start / stop -------------------------------------------------------------------------
     def start(self):
+        """Start every part; if one fails, stop those already started and raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         config = self.config
         config.state_path.mkdir(parents=True, exist_ok=True)
         self.threshold = Threshold(config.state_path, config.threshold)
@@ -116,46 +131,96 @@ class Runtime:
             "frames_dropped": loop.frames_dropped,
             "inference_errors": loop.errors,
             "events_published": loop.events_published,
-            "mqtt": {"broker": self.broker_address, **self.publisher.stats()},
+            "mqtt": {"broker": self.broker_address, "tls": self._broker_tls, "auth": bool(self.config.mqtt_username),
+                     **self.publisher.stats()},
+            "listen": {"url": self.url, "tls": bool(self.config.tls_cert), "fingerprint": self.fingerprint,
+                       "reads_need_token": self.config.reads_need_token},
+            "crop": {"policy": self.config.crop, "region": loop.latest and loop.latest.region},
+            "disk": {"artifacts_free_mb": _free_mb(self.config.artifacts)},
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
+    @property
+    def _broker_tls(self):
+        return bool(self.config.tls_cert) if self.config.broker == "embedded" else self.config.mqtt_tls
+
+    def broker_login(self):
+        """Where and how a client reaches the broker the device publishes to; None without MQTT."""
+        if self.broker_address is None:
+            return None
+        host, _, port = self.broker_address.rpartition(":")
+        return {"host": host, "port": int(port), "tls": self._broker_tls,
+                "username": self.config.mqtt_username or None, "password": self.config.mqtt_password or None}
+
+
+def _free_mb(folder):
+    try:
+        return round(shutil.disk_usage(folder).free / MB, 1)
+    except OSError:  # not there (yet)
+        return None
+
 
 def serve_forever(config, announce=False):
-    """Run until SIGTERM/SIGINT; returns the process exit status."""
-    from waitress.server import create_server
-
+    """Run until SIGTERM/SIGINT; returns the process exit status. The REST port is taken before
+    anything starts, so a port in use is one line and leaves nothing running."""
     from . import systemd
     from .app import create_app
 
-    runtime = Runtime(config).start()
-    server = create_server(create_app(runtime), host=config.host, port=config.port, threads=16,
-                           channel_timeout=30, clear_untrusted_proxy_headers=True,
-                           max_request_body_size=int(config.max_upload_mb * MB) + MB)  # + multipart framing
-    port = server.effective_port
+    try:
+        server = http_server(config)
+    except OSError as exc:
+        print(f"deeplens-edge: cannot listen on {config.host}:{config.port}: {os.strerror(exc.errno) if exc.errno else exc} "
+              "(is another deeplens-edge running? choose another with --port)", file=sys.stderr, flush=True)
+        return 1
+    try:
+        runtime = Runtime(config).start()
+    except DeepLensError as exc:
+        server.stop()
+        print(f"deeplens-edge: {exc}", file=sys.stderr, flush=True)
+        return 1
+    server.wsgi_app = create_app(runtime)
+    url = runtime.url = f"{'https' if config.tls_cert else 'http'}://{config.host}:{server.bind_addr[1]}"
     if announce:
-        print(announcement(config, port, runtime.broker_address), flush=True)
-    log.warning("serving", extra={"fields": {"url": f"http://{config.host}:{port}", "broker": runtime.broker_address}})
-
-    def shutdown(signum, frame):
-        server.close()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+        print(announcement(config, url, runtime.broker_address), flush=True)
+    log.warning("serving", extra={"fields": {"url": url, "broker": runtime.broker_address,
+                                             "reads_need_token": config.reads_need_token}})
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     systemd.notify("READY=1")
     try:
-        server.run()
-    except (OSError, ValueError):  # closed by the signal handler mid-select
+        server.serve()
+    except KeyboardInterrupt:
         pass
     finally:
         systemd.notify("STOPPING=1")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
         runtime.stop()
     return 0
 
 
-def announcement(config, port, broker_address):
+def http_server(config):
+    """cheroot's WSGI server, bound (OSError when the port is taken), with TLS when a certificate
+    is set: waitress, used before, has no TLS of its own."""
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    socket.create_server((config.host, config.port)).close()  # a clear OSError (errno, strerror) if taken
+    server = wsgi.Server((config.host, config.port), None, numthreads=16, max=16, timeout=30,
+                         server_name="deeplens-edge")
+    server.max_request_body_size = int(config.max_upload_mb * MB) + MB  # + multipart framing
+    if config.tls_cert:
+        server.ssl_adapter = BuiltinSSLAdapter(config.tls_cert, config.tls_key)
+    server.prepare()
+    return server
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def announcement(config, url, broker_address):
     """What a person starting the service by hand wants to know first."""
-    url = f"http://{config.host}:{port}"
     lines = ["deeplens-edge is running:", f"  live view   {url}/stream", f"  a frame     curl {url}/capture -o frame.jpg",
              f"  status      curl {url}/status"]
     if broker_address:

@@ -29,5 +29,15 @@ def broker():
     return os.environ.get("DEEPLENS_BROKER", "")
 
 
+def broker_login():
+    """(user name, password) for the broker: `DEEPLENS_MQTT_USERNAME`, `DEEPLENS_MQTT_PASSWORD` (empty: anonymous)."""
+    return os.environ.get("DEEPLENS_MQTT_USERNAME", ""), os.environ.get("DEEPLENS_MQTT_PASSWORD", "")
+
+
+def broker_tls():
+    """`DEEPLENS_MQTT_TLS`: the broker (deeplens-edge's own, on this machine) speaks TLS."""
+    return os.environ.get("DEEPLENS_MQTT_TLS", "").lower() in ("1", "true", "yes", "on")
+
+
 def thing_name():
     return os.environ.get("AWS_IOT_THING_NAME", "deeplens_local")

@@ -20,8 +20,15 @@ class EdgeService:
     running = set()  # started and not yet stopped; conftest stops what a test leaves running
 
     def __init__(self, tmp_path, *args, env=None):
+        """`args` are serve's flags; with --token the helper sends it, with --tls-cert it speaks HTTPS
+        (trusting the certificate: pinning is the controller's business, tested there)."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if '--tls-cert' in args else 'http'}://127.0.0.1:{self.port}"
+        self.session = requests.Session()
+        self.session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify=False
+        self.session.verify = False
+        if "--token" in args:
+            self.session.headers["Authorization"] = f"Bearer {args[list(args).index('--token') + 1]}"
         self.log_path = tmp_path / f"edge-{self.port}.log"
         self.args = ["--port", str(self.port), "--state-dir", str(tmp_path / "state"), "--device-id", "testcam",
                      *args]
@@ -39,7 +46,7 @@ class EdgeService:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"deeplens-edge exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/health", timeout=0.5).ok:
+                if self.session.get(self.url + "/health", timeout=0.5).ok:
                     return self
             except requests.ConnectionError:
                 time.sleep(0.1)
@@ -61,10 +68,10 @@ class EdgeService:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def get(self, path, **kwargs):
-        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+        return self.session.get(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
 
     def put(self, path, **kwargs):
-        return requests.put(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
+        return self.session.put(self.url + path, timeout=kwargs.pop("timeout", 10), **kwargs)
 
     def wait_status(self, predicate, timeout=15):
         """Poll /status until `predicate(doc)` holds; returns the doc."""

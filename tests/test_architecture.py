@@ -1,7 +1,6 @@
 """The parts meet only through core: edge and control never import each other, the shims are
 the DeepLens emulation built on core, and core stands on third-party packages alone."""
 import ast
-from pathlib import Path
 
 import pytest
 

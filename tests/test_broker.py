@@ -10,19 +10,27 @@ from edge import broker as broker_mod
 from edge import config as config_mod
 
 
-def config(tmp_path, broker):
-    return config_mod.load(env={}, overrides={"broker": broker, "state_dir": str(tmp_path / "state")})
+def config(tmp_path, broker, **settings):
+    return config_mod.load(env={}, overrides={"broker": broker, "state_dir": str(tmp_path / "state"), **settings})
 
 
-def round_trip(address):
-    """Publish a retained message, then read it back with a second client."""
+def round_trip(address, user=None):
+    """Publish a retained message (as `user`, (name, password)), then read it back anonymously."""
     host, _, port = address.rpartition(":")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if user:
+        pub.username_pw_set(*user)
     pub.connect(host, int(port))
     pub.loop_start()
     pub.publish("deeplens/t/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
     pub.disconnect()
     pub.loop_stop()
+    return retained(address)
+
+
+def retained(address):
+    """The retained message on deeplens/t/status, read by an anonymous client."""
+    host, _, port = address.rpartition(":")
     got = queue.Queue()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe("deeplens/t/status", qos=1)
@@ -49,11 +57,10 @@ def test_none_and_external_are_taken_as_given(tmp_path):
 
 
 @pytest.mark.mosquitto
-def test_embedded_mosquitto_on_the_preferred_port(tmp_path, monkeypatch, caplog):
+def test_embedded_mosquitto_on_the_preferred_port(tmp_path, caplog):
     caplog.set_level("INFO", logger="edge.broker")
     port = free_port()
-    monkeypatch.setattr(broker_mod, "PREFERRED_PORT", port)
-    address, handle = broker_mod.start_broker(config(tmp_path, "embedded"))
+    address, handle = broker_mod.start_broker(config(tmp_path, "embedded", mqtt_port=port))
     try:
         assert (address, handle.kind) == (f"127.0.0.1:{port}", "mosquitto")
         assert "persistence true" in (tmp_path / "state" / "mosquitto" / "mosquitto.conf").read_text()
@@ -65,12 +72,11 @@ def test_embedded_mosquitto_on_the_preferred_port(tmp_path, monkeypatch, caplog)
 
 
 @pytest.mark.mosquitto
-def test_embedded_mosquitto_moves_off_a_taken_port(tmp_path, monkeypatch):
+def test_embedded_mosquitto_moves_off_a_taken_port(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        monkeypatch.setattr(broker_mod, "PREFERRED_PORT", taken.getsockname()[1])
-        address, handle = broker_mod.start_broker(config(tmp_path, "embedded"))
+        address, handle = broker_mod.start_broker(config(tmp_path, "embedded", mqtt_port=taken.getsockname()[1]))
         try:
             assert address != f"127.0.0.1:{taken.getsockname()[1]}"
             assert round_trip(address) == b'{"state": "online"}'
@@ -80,8 +86,7 @@ def test_embedded_mosquitto_moves_off_a_taken_port(tmp_path, monkeypatch):
 
 def test_amqtt_without_mosquitto(tmp_path, monkeypatch):
     monkeypatch.setattr(broker_mod.shutil, "which", lambda name: None)
-    monkeypatch.setattr(broker_mod, "PREFERRED_PORT", free_port())
-    address, handle = broker_mod.start_broker(config(tmp_path, "embedded"))
+    address, handle = broker_mod.start_broker(config(tmp_path, "embedded", mqtt_port=free_port()))
     try:
         assert handle.kind == "amqtt"
         assert round_trip(address) == b'{"state": "online"}'
@@ -96,3 +101,27 @@ def test_amqtt_on_a_taken_port_says_what_to_do():
         taken.listen()
         with pytest.raises(broker_mod.BrokerError, match="install mosquitto"):
             broker_mod.AmqttBroker(taken.getsockname()[1])
+
+
+@pytest.mark.mosquitto
+def test_with_a_password_only_that_user_publishes_and_anonymous_clients_read_on_loopback(tmp_path):
+    settings = {"mqtt_port": free_port(), "mqtt_username": "deeplens", "mqtt_password": "pw-1"}
+    address, handle = broker_mod.start_broker(config(tmp_path, "embedded", **settings))
+    try:
+        assert round_trip(address, ("deeplens", "pw-1")) == b'{"state": "online"}'
+        host, _, port = address.rpartition(":")
+        anonymous = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        anonymous.connect(host, int(port))
+        anonymous.loop_start()
+        anonymous.publish("deeplens/t/status", b"forged", qos=1, retain=True).wait_for_publish(5)
+        anonymous.disconnect()
+        anonymous.loop_stop()
+        assert retained(address) == b'{"state": "online"}'  # the forged one was dropped
+        assert "pw-1" not in (tmp_path / "state" / "mosquitto" / "passwd").read_text()  # hashed
+    finally:
+        handle.stop()
+
+
+def test_listening_beyond_loopback_needs_a_password(tmp_path):
+    with pytest.raises(broker_mod.BrokerError, match="without a password: set mqtt_username and mqtt_password"):
+        broker_mod.start_broker(config(tmp_path, "embedded", host="0.0.0.0", mqtt_port=free_port()))

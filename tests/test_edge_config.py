@@ -52,3 +52,27 @@ def test_derived_names(monkeypatch):
     monkeypatch.setenv("AWS_IOT_THING_NAME", "deeplens_abc")
     assert config.thing == "deeplens_abc"
     assert load(env={}, overrides={"frame_size": "640x360"}).frame_dims == (640, 360)
+
+
+def test_a_mistyped_environment_variable_stops_the_start_with_a_hint():
+    with pytest.raises(ConfigError, match="environment variable DEEPLENS_THRESHHOLD: unknown setting 'threshhold'; "
+                                          "did you mean 'threshold'?"):
+        load(env={"DEEPLENS_THRESHHOLD": "0.9"})
+    assert load(env={"DEEPLENS_CONFIG": "edge.yaml", "DEEPLENS_DEVICES": "devices.yaml"}).port == 8080
+
+
+def test_secrets_come_from_files_that_never_show_in_ps(tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "empty").write_text("\n")
+    assert load(env={}, overrides={"token_file": str(tmp_path / "token")}).token == "s3cret"
+    assert load(env={"DEEPLENS_TOKEN": "given"}, overrides={"token_file": str(tmp_path / "token")}).token == "given"
+    with pytest.raises(ConfigError, match="empty: the file that 'mqtt_password_file' names is empty|names is empty"):
+        load(env={}, overrides={"mqtt_password_file": str(tmp_path / "empty")})
+    with pytest.raises(ConfigError, match="cannot read the file that 'token_file' names"):
+        load(env={}, overrides={"token_file": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("host, protect, need", [("127.0.0.1", "auto", False), ("0.0.0.0", "auto", True),
+                                                 ("192.168.1.20", "no", False), ("localhost", "yes", True)])
+def test_reads_need_the_token_when_listening_beyond_loopback(host, protect, need):
+    assert load(env={}, overrides={"host": host, "protect_reads": protect}).reads_need_token is need

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 
 from conftest import free_port
 
@@ -43,9 +44,11 @@ def test_live_view_streams_annotated_jpegs(edge_service, dummy_model):
 
 
 def test_threshold_is_validated_applied_and_survives_a_restart(edge_service, dummy_model, tmp_path):
-    args = (*SMALL, "--broker", "none", "--model", str(dummy_model.folder))
+    args = (*SMALL, "--broker", "none", "--model", str(dummy_model.folder), "--token", "tok")
     service = edge_service(*args)
     assert service.get("/threshold").json() == {"default": 0.4, "per_class": {}}
+    refused = requests.put(service.url + "/threshold", json={"default": 0.5})  # no token: no change
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
     response = service.put("/threshold", json={"default": 1.5})
     assert response.status_code == 400 and response.json()["error"]["field"] == "default"
     response = service.put("/threshold", json={"default": 0.5, "per_class": {"class1": "high"}})

@@ -1,4 +1,6 @@
 """REST resources of the edge service, one blueprint each (docs/rest-api.md, and /openapi.json)."""
+import hmac
+
 from flask import current_app, request
 
 from core.errors import DeepLensError, InvalidInput
@@ -15,6 +17,19 @@ class ApiError(DeepLensError):
 
 def runtime():
     return current_app.extensions["deeplens"]
+
+
+def require_token():
+    """Changes (and reads, when the device protects them) need `Authorization: Bearer <token>`;
+    with no token configured, changes are off."""
+    token = runtime().config.token
+    if not token:
+        raise ApiError(403, "no_token_configured", "changes are off until the device has a token: set 'token' "
+                       "or 'token_file' in its config file, DEEPLENS_TOKEN, or --token, and restart the service")
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "send the device's token as 'Authorization: Bearer TOKEN' "
+                       "(deeplens-ctl reads it from devices.yaml or DEEPLENS_TOKEN)")
 
 
 def query(spec):

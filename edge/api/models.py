@@ -1,4 +1,4 @@
-"""The model store over REST: GET /models; upload, activate, roll back and delete with a token.
+"""The model store over REST: GET /models; upload, activate, roll back and delete with the token.
 
 An upload is streamed into a staging folder inside the store (never into memory), unpacked
 with every member checked, verified against the SHA-256 manifest of its model.json, loaded
@@ -6,7 +6,6 @@ and run on a camera frame at the expected input size, and only then moved into t
 Whatever fails, the staging folder goes and the store is as it was.
 """
 import errno
-import hmac
 
 from flask import Blueprint, jsonify, request
 
@@ -14,22 +13,10 @@ from core.errors import DiskFull, InvalidInput, ModelError, StorageError
 from core.package import MODEL_JSON, load_package
 
 from ..store import MB, UploadTooLarge, unpack
-from . import ApiError, runtime
+from . import require_token, runtime
 
 blueprint = Blueprint("models", __name__)
 CHUNK = MB
-
-
-def require_token():
-    """Mutations need `Authorization: Bearer <token>`; with no token configured they are off."""
-    token = runtime().config.token
-    if not token:
-        raise ApiError(403, "no_token_configured", "model changes are off until the device has a token: set "
-                       "'token' in its config file, DEEPLENS_TOKEN, or --token, and restart the service")
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "send the device's token as 'Authorization: Bearer TOKEN' "
-                       "(deeplens-ctl reads it from devices.yaml or DEEPLENS_TOKEN)")
 
 
 @blueprint.get("/models")

@@ -1,7 +1,10 @@
-"""GET /health, /status and /metrics: is it alive, what is it doing, for people and for Prometheus."""
+"""GET /health, /status, /metrics and /mqtt: is it alive, what is it doing (for people and for
+Prometheus), and how to reach its broker."""
 from flask import Blueprint, Response, jsonify
 
-from . import runtime
+from core.errors import NotFound
+
+from . import require_token, runtime
 
 blueprint = Blueprint("status", __name__)
 
@@ -14,6 +17,16 @@ def health():
 @blueprint.get("/status")
 def status():
     return jsonify(runtime().status())
+
+
+@blueprint.get("/mqtt")
+def mqtt():
+    """How to reach the broker the device publishes to, with its credentials: for token holders only."""
+    require_token()
+    broker = runtime().broker_login()
+    if broker is None:
+        raise NotFound("this device runs without MQTT (broker 'none')", "no_broker")
+    return jsonify(broker)
 
 
 @blueprint.get("/metrics")

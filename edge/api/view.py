@@ -1,4 +1,5 @@
-"""GET /stream and /frame.jpg: the live view, with boxes and labels drawn (never used for training)."""
+"""GET /stream and /frame.jpg: the live view, with boxes and labels drawn and the region the model
+sees outlined (never used for training)."""
 import time
 
 import cv2
@@ -12,6 +13,7 @@ from . import query, runtime
 blueprint = Blueprint("view", __name__)
 OPTIONS = {"size": (int, 960, (0, 4096))}
 BOUNDARY = "deeplensframe"
+REGION_COLOUR = (255, 255, 255)
 COLOURS = [(0, 200, 255), (255, 120, 0), (60, 220, 60), (200, 60, 220), (0, 80, 255), (255, 255, 0)]
 
 
@@ -19,6 +21,12 @@ def annotate(result, size):
     """The frame of `result`, resized, with its detections drawn."""
     image = shape(result.frame.image, size=size or None)[0].copy()
     height, width = image.shape[:2]
+    if result.region and tuple(result.region) != (0, 0, 1, 1):  # the model sees only this part (crop: center)
+        x, y, w, h = result.region
+        corner, far = (int(x * width), int(y * height)), (int((x + w) * width) - 1, int((y + h) * height) - 1)
+        cv2.rectangle(image, corner, far, REGION_COLOUR, 1)
+        cv2.putText(image, "model's view", (corner[0] + 4, corner[1] + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    REGION_COLOUR, 1, cv2.LINE_AA)
     for det in result.detections:
         x0, y0, x1, y1 = (int(round(v * s)) for v, s in zip(det["box"], (width, height, width, height)))
         colour = COLOURS[det["class_id"] % len(COLOURS)]

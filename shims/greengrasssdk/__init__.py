@@ -1,11 +1,13 @@
 """`greengrasssdk` as a DeepLens Lambda uses it: `client('iot-data').publish(topic=..., payload=...)`.
 
 Messages go to the MQTT broker in `DEEPLENS_BROKER` (HOST:PORT) at QoS 1 from one connection
-per process, made on the first publish. Without a broker they are dropped, as on a device
+per process, made on the first publish, as `DEEPLENS_MQTT_USERNAME` when set, over TLS when
+`DEEPLENS_MQTT_TLS` says so (the device's own broker: its certificate is not checked). Without a broker they are dropped, as on a device
 without connectivity. What is still in flight at interpreter exit gets a bounded wait.
 """
 import atexit
 import logging
+import ssl
 import threading
 import uuid
 
@@ -75,6 +77,12 @@ class _Connection:
         self._sent = self._done = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"greengrass-{uuid.uuid4().hex[:12]}")
         self._client.on_publish = self._on_publish
+        username, password = settings.broker_login()
+        if username:
+            self._client.username_pw_set(username, password or None)
+        if settings.broker_tls():
+            self._client.tls_set(cert_reqs=ssl.CERT_NONE)
+            self._client.tls_insecure_set(True)
         self._client.reconnect_delay_set(1, 30)
         self._client.max_queued_messages_set(QUEUE_LIMIT)
         self._client.connect_async(host, int(port))
