@@ -147,6 +147,8 @@ def install(host, port, camera, user, root, source, tls_cert, tls_key, python, u
         if uninstall:
             do_uninstall(root, purge=purge, echo=echo)
             return
+        if purge:
+            raise click.UsageError("--purge goes with --uninstall")
         if bool(tls_cert) != bool(tls_key):
             raise click.UsageError("give --tls-cert and --tls-key together")
         done = do_install(root, host=host, port=port, camera=camera, user=user, source=source,

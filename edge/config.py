@@ -95,8 +95,8 @@ SETTINGS = [
     Setting("broker", str, "embedded", "MQTT broker: HOST:PORT, 'embedded' (start one here) or 'none'.", _broker),
     Setting("mqtt_port", int, 1883, "Port the embedded broker prefers; when it is taken another free port is used "
             "and said at start and in /status (0: any free port).", _port),
-    Setting("mqtt_username", str, "", "MQTT user name (for the embedded broker: the one user allowed to publish; "
-            "made up and kept in the state folder when empty)."),
+    Setting("mqtt_username", str, "", "MQTT user name; with mqtt_password, the embedded broker's one user allowed "
+            "to publish (anonymous clients may then only read, and only on loopback)."),
     Setting("mqtt_password", str, "", "MQTT password."),
     Setting("mqtt_password_file", str, "", "File whose first line is the MQTT password (keeps it out of `ps` and the "
             "environment)."),
@@ -265,6 +265,8 @@ def load(config_file=None, env=None, overrides=None, base=None):
             if key not in BY_KEY:
                 raise _unknown(key, source)
             values[key] = _coerce(BY_KEY[key], raw, source)
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise ConfigError("'tls_cert' and 'tls_key' go together: set both (HTTPS) or neither (HTTP)")
     for key, file_key in SECRET_FILES.items():
         if values[file_key] and not values[key]:
             values[key] = _read_secret(values[file_key], file_key)

@@ -92,6 +92,9 @@ def install(root="/", host="0.0.0.0", port=8080, camera="webcam:0", user="deeple
     if os.geteuid() != 0:
         raise InstallError("run it as root (sudo deeplens-edge install ...): it creates a system user, "
                            "folders under /opt, /etc and /var/lib, and the systemd unit")
+    if not shutil.which("mosquitto"):
+        raise InstallError("the service's MQTT broker is Debian's mosquitto: apt-get install mosquitto, "
+                           "then run this again")
     at = Layout(Path(root))
     record = _read_record(at)
     created_user = _ensure_user(user, at.state, echo)
@@ -227,8 +230,12 @@ def _certificate(at, host, account, tls_cert, tls_key, echo):
     cert, key = at.etc / "edge.pem", at.etc / "edge.key"
     if tls_cert:
         shutil.copyfile(tls_cert, cert)
-        shutil.copyfile(tls_key, key)
-        os.chmod(key, 0o600)
+        old_umask = os.umask(0o077)  # the key is never readable by others, not even for a moment
+        try:
+            key.unlink(missing_ok=True)
+            shutil.copyfile(tls_key, key)
+        finally:
+            os.umask(old_umask)
         echo(f"using your certificate {tls_cert}")
     elif not cert.exists():
         name = os.uname().nodename

@@ -1,9 +1,10 @@
 """Starts and stops the service's parts in order, and holds them for the REST API.
 
 Start: state folder -> threshold -> camera -> broker -> MQTT publisher -> model manager (crash
-recovery, first model) -> inference loop -> status heartbeat. Stop runs the other way round. A
-part that cannot start (no model, no broker, no camera yet) leaves the service running with
-the reason in /status. Model changes belong to the model manager (edge/manager.py).
+recovery, first model) -> inference loop -> status heartbeat. Stop runs the other way round. No
+model, a camera not there yet or an external broker that is down leave the service running
+with the reason in /status; an embedded broker that cannot start stops the start, with why.
+Model changes belong to the model manager (edge/manager.py).
 """
 import logging
 import os
@@ -11,6 +12,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -131,7 +133,8 @@ class Runtime:
             "frames_dropped": loop.frames_dropped,
             "inference_errors": loop.errors,
             "events_published": loop.events_published,
-            "mqtt": {"broker": self.broker_address, "tls": self._broker_tls, "auth": bool(self.config.mqtt_username),
+            "mqtt": {"broker": self.broker_address, "tls": self._broker_tls,
+                     "auth": bool(self.config.mqtt_username and self.config.mqtt_password),
                      **self.publisher.stats()},
             "listen": {"url": self.url, "tls": bool(self.config.tls_cert), "fingerprint": self.fingerprint,
                        "reads_need_token": self.config.reads_need_token},
@@ -168,8 +171,13 @@ def serve_forever(config, announce=False):
 
     try:
         server = http_server(config)
+    except ssl.SSLError as exc:
+        print(f"deeplens-edge: cannot use tls_cert {config.tls_cert} with tls_key {config.tls_key}: {exc.reason or exc}",
+              file=sys.stderr, flush=True)
+        return 1
     except OSError as exc:
-        print(f"deeplens-edge: cannot listen on {config.host}:{config.port}: {os.strerror(exc.errno) if exc.errno else exc} "
+        reason = os.strerror(exc.errno) if exc.errno else exc
+        print(f"deeplens-edge: cannot listen on {config.host}:{config.port}: {reason} "
               "(is another deeplens-edge running? choose another with --port)", file=sys.stderr, flush=True)
         return 1
     try:
@@ -205,10 +213,13 @@ def http_server(config):
     from cheroot import wsgi
     from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+    if config.tls_cert:  # a bad pair raises ssl.SSLError here, before the port is taken
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
     socket.create_server((config.host, config.port)).close()  # a clear OSError (errno, strerror) if taken
     server = wsgi.Server((config.host, config.port), None, numthreads=16, max=16, timeout=30,
                          server_name="deeplens-edge")
-    server.max_request_body_size = int(config.max_upload_mb * MB) + MB  # + multipart framing
+    # Above the API's own limit (max_upload_mb + 1 MB of multipart framing), which answers in JSON.
+    server.max_request_body_size = int(config.max_upload_mb * MB) + 2 * MB
     if config.tls_cert:
         server.ssl_adapter = BuiltinSSLAdapter(config.tls_cert, config.tls_key)
     server.prepare()

@@ -76,3 +76,8 @@ def test_secrets_come_from_files_that_never_show_in_ps(tmp_path):
                                                  ("192.168.1.20", "no", False), ("localhost", "yes", True)])
 def test_reads_need_the_token_when_listening_beyond_loopback(host, protect, need):
     assert load(env={}, overrides={"host": host, "protect_reads": protect}).reads_need_token is need
+
+
+def test_a_certificate_needs_its_key():
+    with pytest.raises(ConfigError, match="'tls_cert' and 'tls_key' go together"):
+        load(env={}, overrides={"tls_cert": "edge.pem"})
