@@ -242,7 +242,7 @@ def export_package(net, folder, name, classes, size, source=None):
 
 
 def dummy_package(folder, name="dummy", num_classes=2, size=300, arch="tiny", seed=0):
-    """A random-weight package for smoke tests and the zero-setup demo: no training needed."""
+    """A random-weight package for smoke tests and benchmarks: no training needed."""
     net = build(arch, num_classes, seed=seed)
     # Spread the class biases so that random weights still give confident boxes to look at.
     for head in net.class_heads:

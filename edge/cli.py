@@ -64,24 +64,43 @@ def serve(config_file, **flags):
     sys.exit(serve_forever(config))
 
 
-@main.command()
-@_setting_options
-def demo(config_file, **flags):
-    """Zero-setup demo: `serve` on a synthetic camera, an embedded broker and a random-weight model.
+DEMO_HELP = {  # where serve's help text names serve's defaults
+    "artifacts": "Model folder; the shipped demo model is copied there when it holds none.",
+    "state_dir": "Where settings changed at run time, and the demo's model-store token, are kept.",
+}
 
-    Defaults differ from `serve` only where a demo needs it: models in ./demo-artifacts (a
-    random-weight one is made if none is there), state in ./demo-state, and a token for the
-    model store kept there, printed with the live-view URL and the MQTT topic to watch.
+
+def _demo_setting_options(func):
+    """serve's options, with the demo's own defaults (edge.demo.DEFAULTS) in their help."""
+    from .demo import DEFAULTS
+    func = _setting_options(func)
+    for option in func.__click_params__:
+        if option.name in DEFAULTS:
+            text = DEMO_HELP.get(option.name) or config_mod.BY_KEY[option.name].help
+            option.help = f"{text} [default: {DEFAULTS[option.name]}]"
+    return func
+
+
+@main.command()
+@_demo_setting_options
+def demo(config_file, **flags):
+    """Zero-setup demo: `serve` on the synthetic camera, an embedded broker and a model that knows its notes.
+
+    Defaults differ from `serve` only where a demo needs it: models in ./demo-artifacts (the
+    shipped demo model, trained on the synthetic camera's notes, is copied there if none is
+    there), state in ./demo-state, a lower threshold, two events a second at most, and a token
+    for the model store kept there, printed with the live-view URL and the commands to try.
 
     \b
     Examples:
       deeplens-edge demo
       deeplens-edge demo --port 8081 --frame-size 1280x720
+      deeplens-edge demo --broker none --threshold 0.5
     """
-    from .runtime import prepare_demo, serve_forever
+    from .demo import DEFAULTS, prepare_demo
+    from .runtime import serve_forever
     try:
-        base = config_mod.load(env={}, overrides={"artifacts": "demo-artifacts", "state_dir": "demo-state",
-                                                   "threshold": 0.5})
+        base = config_mod.load(env={}, overrides=DEFAULTS)
         config = config_mod.load(config_file, overrides=flags, base=base)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

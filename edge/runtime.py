@@ -8,7 +8,6 @@ Model changes belong to the model manager (edge/manager.py).
 """
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -17,16 +16,14 @@ import sys
 import threading
 import time
 
-from core.errors import DeepLensError, ModelError
-from core.fileio import atomic_write_text
+from core.errors import DeepLensError
 from core.tls import certificate_fingerprint
-from core.topics import topics
 from shims.camera import FrameGrabber
 
 from . import events
 from .broker import start_broker
 from .inference import STAGES, InferenceLoop
-from .manager import ModelManager, artifacts_package
+from .manager import ModelManager
 from .store import MB, ModelStore
 from .threshold import Threshold
 
@@ -189,6 +186,7 @@ def serve_forever(config, announce=False):
     server.wsgi_app = create_app(runtime)
     url = runtime.url = f"{'https' if config.tls_cert else 'http'}://{config.host}:{server.bind_addr[1]}"
     if announce:
+        from .demo import announcement
         print(announcement(config, url, runtime.broker_address), flush=True)
     log.warning("serving", extra={"fields": {"url": url, "broker": runtime.broker_address,
                                              "reads_need_token": config.reads_need_token}})
@@ -229,33 +227,3 @@ def http_server(config):
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
-
-def announcement(config, url, broker_address):
-    """What a person starting the service by hand wants to know first."""
-    lines = ["deeplens-edge is running:", f"  live view   {url}/stream", f"  a frame     curl {url}/capture -o frame.jpg",
-             f"  status      curl {url}/status"]
-    if broker_address:
-        host, _, broker_port = broker_address.rpartition(":")
-        lines.append(f"  detections  mosquitto_sub -h {host} -p {broker_port} -t '{topics(config.device).detections}'")
-    if config.token:
-        lines.append(f"  new models  export DEEPLENS_TOKEN={config.token}; deeplens-ctl swap-model {url} runs/NAME")
-    return "\n".join(lines + ["Stop with Ctrl-C."])
-
-
-def prepare_demo(config):
-    """The demo's config, ready to run: a random-weight model unless one is there, and a model-store
-    token (kept in the state folder, so it stays the same across restarts) unless one is set."""
-    try:
-        artifacts_package(config.artifacts, config.model)
-    except ModelError:
-        from core.ssd import dummy_package
-        folder = dummy_package(f"{config.artifacts}/demo", name="demo", num_classes=2).folder
-        print(f"deeplens-edge: made a random-weight demo model in {folder}; "
-              f"replace it with one you trained (deeplens-ctl train, swap-model).", flush=True)
-    if config.token:
-        return config
-    token_file = config.state_path / "demo-token"
-    if not token_file.is_file():
-        config.state_path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(token_file, secrets.token_urlsafe(16) + "\n")
-    return config.replace(token=token_file.read_text().strip())
