@@ -38,6 +38,20 @@ def atomic_write_text(path, text):
         f.write(text)
 
 
+def remove_leftovers(path):
+    """Remove the temporary files a killed atomic_open(`path`) left beside it."""
+    path = os.fspath(path)
+    folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, entry))
+
+
 def fsync_dir(folder):
     """Make a rename inside `folder` survive a power loss."""
     fd = os.open(folder, os.O_RDONLY)

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from core.errors import (Conflict, DeepLensError, DiskFull, InvalidInput, ModelError, NotFound, TooLarge,
                          Unavailable)
 
-from .api import ApiError, capture, models, openapi, require_token, status, threshold, view
+from .api import MAX_JSON_BYTES, ApiError, capture, models, openapi, require_token, status, threshold, view
 
 PUBLIC = {"status.health", "openapi.openapi"}  # what answers without the token even when reads need it
 STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, TooLarge: 413, ModelError: 422,
@@ -43,6 +43,17 @@ def create_app(runtime):
         if request.endpoint not in PUBLIC and runtime.config.reads_need_token:
             require_token()
 
+    @app.before_request
+    def bounded_body():
+        """Every route but the upload (which checks its own limit) takes a small JSON body at most:
+        a larger one is refused before it is read."""
+        if request.endpoint == "models.upload":
+            return
+        if (request.content_length or 0) > MAX_JSON_BYTES:
+            raise TooLarge(f"the request body is {request.content_length} bytes; this route takes at most "
+                           f"{MAX_JSON_BYTES}", "body_too_large")
+        request.max_content_length = MAX_JSON_BYTES  # a chunked body is cut there as it is read
+
     @app.errorhandler(DeepLensError)
     def domain_error(exc):
         return jsonify(error_body(exc)), http_status(exc)
@@ -53,8 +64,9 @@ def create_app(runtime):
         return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
 
     @app.errorhandler(Exception)
-    def internal_error(exc):
+    def internal_error(exc):  # the exception's text stays in the log: it may name internal paths
         app.logger.exception("request failed")
-        return jsonify({"error": {"code": "internal_error", "message": str(exc)}}), 500
+        return jsonify({"error": {"code": "internal_error", "message": "the device failed on this request; "
+                                  "its log says why"}}), 500
 
     return app

@@ -2,6 +2,8 @@
 
 `--broker embedded` (the zero-setup default) starts Debian's `mosquitto` when it is on PATH:
 fast, and it keeps sessions and retained messages across its own restart (persistence on).
+It is supervised: when it exits on its own it is started again on the same port (after 0.25 s,
+doubling up to 2 s while it fails), and `stats()` counts the restarts for /status.
 Without it, amqtt (pure Python) runs in a thread: about 9x slower and without persistence,
 but it needs nothing outside pip (docs/mqtt.md, "Broker").
 """
@@ -10,6 +12,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,6 +24,8 @@ from .errors import BrokerError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+RESTART_DELAY_S = (0.25, 2.0)  # a dead embedded mosquitto is restarted after 0.25 s, doubling up to 2 s
+STABLE_S = 10.0  # after running this long, a crash starts the delays over
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -99,6 +104,9 @@ class MosquittoBroker:
         # which cannot write our state folder).
         lines = [f"listener {port} {host}" if host not in WILDCARDS else f"listener {port}",
                  "persistence true", f"persistence_location {folder}/",
+                 # Written every minute (and at a clean stop): a crash loses at most the last
+                 # minute of persistent sessions and retained messages, not mosquitto's 30.
+                 "autosave_interval 60",
                  f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
         if tls:
             lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
@@ -116,26 +124,103 @@ class MosquittoBroker:
             lines.append("allow_anonymous true")
         conf = folder / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
+        self._conf = conf
         self.log_path = folder / "mosquitto.log"
-        with open(self.log_path, "wb") as log_file:
-            self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(host, port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise BrokerError(f"mosquitto did not start on {self.address}: {' / '.join(tail) or 'no output'} "
-                                  f"(log: {self.log_path})")
-            time.sleep(0.05)
+        self._lock = threading.Lock()  # between a restart and stop(): no child outlives stop()
+        self._stopping = threading.Event()
+        self.restarts = 0
+        self.reason = None  # why it is not running, None while it is
+        self._proc = None
+        self._spawn(fresh_log=True)
+        self._supervisor = threading.Thread(target=self._supervise, name="mosquitto-supervisor", daemon=True)
+        self._supervisor.start()
+
+    @property
+    def pid(self):
+        return self._proc.pid
+
+    def _spawn(self, fresh_log=False):
+        """Start mosquitto and wait until it listens; BrokerError (with its log's last lines) if it does not."""
+        with self._lock:
+            if self._stopping.is_set():
+                raise BrokerError("the broker is stopping")
+            with open(self.log_path, "wb" if fresh_log else "ab") as log_file:
+                proc = subprocess.Popen(["mosquitto", "-c", str(self._conf)], stdout=subprocess.DEVNULL, stderr=log_file)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not _listening(self.host, self.port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    _end(proc)
+                    tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                    raise BrokerError(f"mosquitto did not start on {self.address}: {' / '.join(tail) or 'no output'} "
+                                      f"(log: {self.log_path})")
+                time.sleep(0.05)
+            self._proc, self._started_at = proc, time.monotonic()  # under the lock: stop() ends this one
+
+    def _supervise(self):
+        """Restart mosquitto whenever it exits on its own, on the same port and with the same
+        persistence, so clients reconnect and find their sessions and retained messages."""
+        delay = RESTART_DELAY_S[0]
+        while True:
+            code = self._proc.wait()  # blocks: no polling while it runs
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - self._started_at >= STABLE_S:
+                delay = RESTART_DELAY_S[0]  # a broker that ran a while gets a quick restart
+            self.reason = f"mosquitto exited ({_exit_status(code)})"
+            log.error("the embedded MQTT broker exited; restarting it",
+                      extra={"fields": {"broker": self.address, "exit": _exit_status(code), "in_s": delay}})
+            failures = 0
+            while True:
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, RESTART_DELAY_S[1])
+                try:
+                    self._spawn()
+                except BrokerError as exc:
+                    if self._stopping.is_set():
+                        return
+                    failures += 1
+                    self.reason = str(exc)
+                    if failures == 1 or failures % 10 == 0:
+                        log.error("the embedded MQTT broker did not restart; trying again",
+                                  extra={"fields": {"error": str(exc), "failures": failures}})
+                    continue
+                self.restarts += 1
+                self.reason = None
+                log.warning("the embedded MQTT broker is back", extra={"fields": {"broker": self.address,
+                                                                                  "restarts": self.restarts}})
+                break
+
+    def stats(self):
+        """For /status: whether it runs, how often it was restarted, and why it is down."""
+        running = self._proc.poll() is None
+        return {"kind": self.kind, "running": running, "restarts": self.restarts,
+                "reason": None if running else (self.reason or "mosquitto is not running")}
 
     def stop(self):
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._stopping.set()
+        with self._lock:  # waits for a restart under way
+            _end(self._proc)
+        self._supervisor.join(START_TIMEOUT_S)
+
+
+def _end(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _exit_status(code):
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
 
 
 class AmqttBroker:
@@ -177,6 +262,12 @@ class AmqttBroker:
         self._ready.set()
         await self._stopping.wait()
         await broker.shutdown()
+
+    def stats(self):
+        """For /status. amqtt runs in this process: it is not restarted on its own."""
+        running = self._thread.is_alive()
+        return {"kind": self.kind, "running": running, "restarts": 0,
+                "reason": None if running else f"amqtt stopped: {self._error or 'its thread ended'}"}
 
     def stop(self):
         if self._thread.is_alive() and self._stopping is not None:

@@ -107,6 +107,18 @@ SETTINGS = [
     Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
     Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
     Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
+    Setting("capture_burst_s", float, 5.0, "Most seconds a /capture burst may take by its count and interval_ms; "
+            "longer is refused with 400 (slower sequences: one frame at a time, as deeplens-ctl pull does).",
+            _positive),
+    Setting("capture_budget_mb", float, 256.0, "Most megabytes one /capture may come to (count x each frame's estimated "
+            "size: width x height x 3 for PNG, a quarter of that for JPEG); more is refused with 413 before any work.",
+            _positive),
+    Setting("live_slots", int, 8, "Most long-lived responses (/stream viewers, /capture bursts) at once; they get "
+            "their own threads, so the API always answers; more are refused with 503.", _positive),
+    Setting("live_per_client", int, 4, "Most long-lived responses one client address may hold at once.", _positive),
+    Setting("write_timeout", float, 10.0, "Seconds a client may leave a response unread (or a request unsent) "
+            "before it is dropped; a live view client that takes longer than this to take one frame is dropped too.",
+            _positive),
     Setting("token", str, "", "Bearer token that every change (threshold, model upload, activate, rollback, delete) "
             "must send as 'Authorization: Bearer TOKEN'; without one they are refused."),
     Setting("token_file", str, "", "File whose first line is the token (keeps it out of `ps` and the environment)."),

@@ -49,7 +49,8 @@ class InferenceLoop(threading.Thread):
     def run(self):
         last_seq = -1
         while not self._stop_event.is_set():
-            systemd.notify("WATCHDOG=1")
+            if self.publisher.alive():  # a dead or stuck MQTT client stops the pings: systemd restarts us
+                systemd.notify("WATCHDOG=1")
             start = time.perf_counter()
             frame = self.grabber.wait_next(last_seq, timeout=0.5)
             if frame is None:

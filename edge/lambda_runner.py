@@ -9,6 +9,7 @@ it): the samples' display thread is not one and would otherwise keep the process
 Ctrl-C or SIGTERM. The main thread only waits, so those signals reach it and stop the run.
 """
 import atexit
+import inspect
 import logging
 import os
 import runpy
@@ -115,10 +116,24 @@ class _LambdaThread(threading.Thread):
             log.info("the Lambda's import returned and it has no handler: done")
             return 0
         log.info("calling the Lambda's handler", extra={"fields": {"handler": name}})
+        handler = namespace[name]
+        arguments = handler_arguments(handler)
         while True:
             started = time.monotonic()
-            namespace[name]({}, None)
+            handler(*arguments)
             time.sleep(max(0.0, HANDLER_PERIOD_S - (time.monotonic() - started)))
+
+
+def handler_arguments(handler):
+    """(event, context), cut to what the handler takes: DeepLens handlers take both, one or none."""
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C function: give it what Lambda gives
+        return {}, None
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return {}, None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return ({}, None)[:len(positional)]
 
 
 def _interrupt(signum, frame):

@@ -27,7 +27,7 @@ import zlib
 import threading
 from pathlib import Path
 
-from core.fileio import atomic_write_text, fsync_dir
+from core.fileio import atomic_write_text, fsync_dir, remove_leftovers
 from core.package import MODEL_JSON
 
 from core.errors import Conflict, InvalidInput, NotFound, TooLarge
@@ -38,6 +38,8 @@ ENTRY = "store.json"
 INCOMING, DELETING = ".incoming-", ".deleting-"
 HISTORY = 20  # previous versions remembered for rollback
 MB = 1 << 20
+MAX_MEMBERS = 64  # files in a package archive (model.json, symbol, params, and a few more)
+MAX_NAME = 255  # characters of an archive member's name (a file name's limit on Linux)
 
 
 class UploadTooLarge(TooLarge):
@@ -55,7 +57,14 @@ def unpack(archive, folder, limit):
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = [m for m in tar.getmembers() if m.name.strip("/") not in (".", "")]
+            members = []
+            for member in tar:  # read header by header: an archive of 200k empty members stops at the limit
+                if member.name.strip("/") in (".", ""):
+                    continue
+                members.append(member)
+                if len(members) > MAX_MEMBERS:
+                    raise InvalidInput(f"the archive holds more than {MAX_MEMBERS} files; a package has a few",
+                                       "bad_archive")
             names = [_member_name(m) for m in members]
             if len(set(names)) != len(names):
                 raise InvalidInput("the archive holds the same file twice", "bad_archive")
@@ -70,6 +79,8 @@ def unpack(archive, folder, limit):
 
 
 def _member_name(member):
+    if len(member.name) > MAX_NAME:
+        raise InvalidInput(f"archive member name of {len(member.name)} characters; at most {MAX_NAME}", "bad_archive")
     name = member.name[2:] if member.name.startswith("./") else member.name
     if name.startswith("/") or os.path.isabs(member.name):
         raise InvalidInput(f"archive member {member.name!r} has an absolute path", "unsafe_archive")
@@ -136,8 +147,7 @@ class ModelStore:
             if leftover.name.startswith((INCOMING, DELETING)):
                 shutil.rmtree(leftover, ignore_errors=True)
                 log.warning("removed an unfinished store change", extra={"fields": {"path": leftover}})
-            elif leftover.name.startswith(f".{POINTER}.") and leftover.name.endswith(".tmp"):
-                leftover.unlink()
+        remove_leftovers(self.root / POINTER)
         pointer = self.pointer()
         if pointer["version"] and self.get(pointer["version"]) is None:
             log.warning("active model version is gone; running without one",

@@ -1,6 +1,9 @@
 """sd_notify without a dependency: READY=1 at start, WATCHDOG=1 from the inference loop."""
+import logging
 import os
 import socket
+
+log = logging.getLogger(__name__)
 
 
 def notify(state):
@@ -10,6 +13,10 @@ def notify(state):
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), address)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:  # systemd away or restarting: never a reason for a caller (the loop) to die
+        log.warning("could not notify systemd", extra={"fields": {"state": state, "error": exc}})
+        return False
     return True

@@ -37,6 +37,7 @@ OPTIONS = ("size", "fps", "faults")
 FAULTS = ("band", "black", "freeze", "drop")
 DEFAULT_FPS = 24.0
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+OPENCV_LOG_FATAL = 1  # cv2.setLogLevel: 0 silent, 1 fatal, 2 error, 3 warning
 # The colour a broken MJPEG decode leaves on a DeepLens: YUV (0, 0, 0) shown as BGR.
 DECODE_GREEN = (0, 135, 0)
 # A stream that stalls fails a read after 5 s instead of blocking the grabber (and stop()).
@@ -200,8 +201,8 @@ def _fit(image, size):
 
 
 class FolderSource(Source):
-    """The images of a folder in name order, in a loop; the folder is listed again at each lap,
-    so files added or removed meanwhile are seen."""
+    """The images of a folder and its sub-folders in path order, in a loop; the folder is listed
+    again at each lap, so files added or removed meanwhile are seen."""
 
     def __init__(self, folder, size=None, fps=DEFAULT_FPS):
         self.folder, self.size, self.fps = Path(folder), size, fps
@@ -213,11 +214,13 @@ class FolderSource(Source):
 
     def _list(self):
         try:
-            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.folder.is_dir():
+                raise FileNotFoundError(2, "no such folder")
+            files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         except OSError as exc:
             raise CameraError(f"cannot list {self.folder}: {exc.strerror}") from None
         if not files:
-            raise CameraError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}")
+            raise CameraError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder} or its sub-folders")
         return files
 
     def read(self):
@@ -232,6 +235,12 @@ class FolderSource(Source):
         return Frame(self._seq, time.time(), _fit(image, self.size))
 
 
+def quiet_opencv():
+    """OpenCV's video backends print several warnings and errors per failed open to stderr (8 a
+    retry for a missing webcam, into the journal); CameraError says what matters, once."""
+    cv2.setLogLevel(OPENCV_LOG_FATAL)
+
+
 class CaptureSource(Source):
     """Whatever cv2.VideoCapture opens: a video file (looped), a webcam index, an MJPEG/RTSP URL."""
 
@@ -244,6 +253,7 @@ class CaptureSource(Source):
     def open(self):
         if self.loop and not os.path.isfile(self.target):
             raise CameraError(f"video file not found: {self.target}")
+        quiet_opencv()
         capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, CAPTURE_TIMEOUTS)
         if not capture.isOpened():
             capture.release()

@@ -1,6 +1,9 @@
 """edge.broker: external and no broker as given; embedded mosquitto, and amqtt without it."""
+import os
 import queue
+import signal
 import socket
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -125,3 +128,24 @@ def test_with_a_password_only_that_user_publishes_and_anonymous_clients_read_on_
 def test_listening_beyond_loopback_needs_a_password(tmp_path):
     with pytest.raises(broker_mod.BrokerError, match="without a password: set mqtt_username and mqtt_password"):
         broker_mod.start_broker(config(tmp_path, "embedded", host="0.0.0.0", mqtt_port=free_port()))
+
+
+@pytest.mark.mosquitto
+def test_embedded_mosquitto_is_restarted_on_the_same_port_when_it_dies(tmp_path):
+    address, handle = broker_mod.start_broker(config(tmp_path, "embedded", mqtt_port=free_port()))
+    try:
+        assert round_trip(address) == b'{"state": "online"}'
+        assert handle.stats() == {"kind": "mosquitto", "running": True, "restarts": 0, "reason": None}
+        for restarts, sig in enumerate((signal.SIGTERM, signal.SIGKILL), start=1):
+            pid = handle.pid
+            os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while handle.stats()["restarts"] < restarts:
+                assert time.monotonic() < deadline, f"not restarted after {sig.name}: {handle.stats()}"
+                time.sleep(0.05)
+            assert handle.pid != pid and handle.stats()["running"]
+            # the same address, and the retained message is still there (saved at the SIGTERM)
+            assert retained(address) == b'{"state": "online"}'
+    finally:
+        handle.stop()
+    assert closed(address) and handle.stats()["running"] is False

@@ -1,6 +1,8 @@
 """shims.camera: camera SPECs, the synthetic scene, file sources, fault injection, FrameGrabber."""
 import http.server
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,6 +133,25 @@ def test_folder_cycles_through_its_images_in_name_order(tmp_path):
         frames = [camera.read() for _ in range(5)]
     assert [int(f.image[0, 0, 0]) for f in frames] == [10, 20, 30, 10, 20]
     assert frames[0].image.shape == (48, 64, 3) and frames[0].truth is None
+
+
+def test_folder_reads_its_sub_folders_too(tmp_path):
+    write_images(tmp_path / "frames", [10])
+    write_images(tmp_path / "frames" / "b-side", [20, 30])
+    with source_from_spec(f"folder:{tmp_path / 'frames'}") as camera:
+        frames = [camera.read() for _ in range(3)]
+    assert [int(f.image[0, 0, 0]) for f in frames] == [20, 30, 10]  # path order: b-side/frame00 < frame00
+
+
+def test_a_missing_webcam_says_so_once_without_opencv_noise():
+    """OpenCV's backends print warnings for every failed open; the error names the camera once."""
+    script = ("from shims.camera import source_from_spec\n"
+              "for _ in range(3):\n"
+              "    try:\n        source_from_spec('webcam:97').open()\n"
+              "    except Exception as exc:\n        print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["CameraError cannot open 97"] * 3
+    assert "WARN" not in done.stderr, done.stderr
 
 
 def test_folder_frames_take_the_size_option(tmp_path):

@@ -1,12 +1,14 @@
 """GET /capture: a clean, raw camera frame for training — never one with boxes, never a broken one."""
 import io
 import json
+import time
 import zipfile
 from email.parser import BytesParser
 
 import cv2
 import numpy as np
 import pytest
+import requests
 
 from edge.capture import map_truth, shape
 
@@ -127,3 +129,79 @@ def test_a_synthetic_camera_sends_its_true_boxes(service):
     truth = json.loads(response.headers["X-Frame-Truth"])
     assert all(0 <= v <= 300 for obj in truth for v in obj["box"])
     assert {obj["label"] for obj in truth} <= {"note_2000", "note_1000"}
+
+
+def test_a_burst_over_the_memory_budget_is_refused_before_any_work(edge_service):
+    service = edge_service("--frame-size", "1920x1080", "--broker", "none")
+    service.wait_status(lambda s: s["camera"]["frames"] > 0)
+    start = time.monotonic()  # 100 PNG frames of 1920x1080 could come to 593 MB, over the default 256
+    response = service.get("/capture", params={"count": 100, "format": "png"}, timeout=5)
+    assert response.status_code == 413 and time.monotonic() - start < 2
+    error = response.json()["error"]
+    assert error["code"] == "over_capture_budget" and error["field"] == "count"
+    assert "capture_budget_mb" in error["message"] and "256" in error["message"]
+    assert service.get("/capture", params={"count": 2, "format": "png"}, timeout=30).status_code == 200
+
+
+def test_frames_are_never_enlarged(service):
+    """A size above the frame's own is the frame as it is: enlarging adds memory, not detail."""
+    response = service.get("/capture", params={"size": 4096})
+    assert response.status_code == 200 and (response.headers["X-Frame-Width"], response.headers["X-Frame-Height"]) \
+        == ("640", "360")
+
+
+def test_the_budget_is_a_setting(edge_service):
+    service = edge_service(*SMALL, "--capture-budget-mb", "1")
+    response = service.get("/capture", params={"count": 2, "format": "png"})  # 2 x 640x360x3 > 1 MB
+    assert response.status_code == 413 and "capture_budget_mb (1 MB)" in response.json()["error"]["message"]
+    assert service.get("/capture", params={"count": 2, "size": 100}).status_code == 200
+
+
+def test_a_burst_is_sent_frame_by_frame(service):
+    """The first frame of a slow burst arrives before the last is taken, not with it."""
+    start = time.monotonic()
+    with service.get("/capture", params={"count": 3, "interval_ms": 1500, "size": 100}, stream=True) as response:
+        assert response.status_code == 200
+        pieces = response.iter_content(256)
+        first = next(pieces)
+        first_at = time.monotonic() - start
+        rest = first + b"".join(pieces)
+    assert first_at < 1.5 and time.monotonic() - start >= 3.0
+    message = BytesParser().parsebytes(b"Content-Type: " + response.headers["Content-Type"].encode()
+                                       + b"\r\n\r\n" + rest)
+    assert len(message.get_payload()) == 3
+
+
+@pytest.mark.parametrize("pack", ["multipart", "zip"])
+def test_a_burst_that_loses_its_camera_ends_with_the_error(pack, monkeypatch):
+    """The first frame decides the status; a later frame that cannot be had ends the burst with
+    the error as its last part (multipart) or error.json (zip)."""
+    import edge.api.capture as capture_api
+    from edge.capture import NoCleanFrame
+    from test_live_view import InProcess
+
+    real, calls = capture_api.grab_clean, []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise NoCleanFrame(2.0, {"black": 3})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capture_api, "grab_clean", failing_second)
+    service = InProcess()
+    try:
+        response = requests.get(service.url + "/capture", params={"count": 3, "pack": pack}, timeout=10)
+    finally:
+        service.stop()
+    assert response.status_code == 200
+    if pack == "zip":
+        archive = zipfile.ZipFile(io.BytesIO(response.content))
+        assert len(json.loads(archive.read("index.json"))) == 1
+        assert json.loads(archive.read("error.json"))["error"]["code"] == "no_clean_frame"
+    else:
+        message = BytesParser().parsebytes(b"Content-Type: " + response.headers["Content-Type"].encode()
+                                           + b"\r\n\r\n" + response.content)
+        parts = message.get_payload()
+        assert [p.get_content_type() for p in parts] == ["image/jpeg", "application/json"]
+        assert json.loads(parts[1].get_payload())["error"]["code"] == "no_clean_frame"

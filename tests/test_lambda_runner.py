@@ -85,6 +85,11 @@ def test_a_failing_lambda_returns_1_with_its_traceback(tmp_path, caplog):
     assert "DEEPLENS_ARTIFACTS" not in os.environ  # the settings were the Lambda's only
 
 
+def test_a_handler_without_arguments_is_called_without_any(tmp_path, caplog):
+    assert run_lambda(LAMBDAS / "no_arguments_lambda.py", in_process_config(tmp_path)) == 0
+    assert "the Lambda failed" not in caplog.text
+
+
 def test_an_unknown_handler_returns_1(tmp_path, caplog):
     assert run_lambda(LAMBDAS / "handler_lambda.py", in_process_config(tmp_path), handler="nope") == 1
     assert "the Lambda has no such handler" in caplog.text

@@ -174,6 +174,19 @@ def test_unpack_refuses_truncated_archives_and_too_much_data(tmp_path):
         unpack(path, tmp_path / "out", limit=10000)
 
 
+def test_unpack_refuses_a_huge_member_name_and_too_many_members_as_bad_archives(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InvalidInput, match="member name of 5000 characters; at most 255") as caught:
+        unpack(archive(tmp_path, member("a" * 5000)), out, limit=1 << 20)
+    assert caught.value.code == "bad_archive" and list(out.iterdir()) == []
+    many = archive(tmp_path, *(member(f"f{i}", data=b"") for i in range(5000)))
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="more than 64 files"):
+        unpack(many, out, limit=1 << 20)
+    assert time.monotonic() - started < 2 and list(out.iterdir()) == []
+
+
 # -- kill -9 at any instant -------------------------------------------------------------------
 CHURN = """
 import sys

@@ -30,3 +30,10 @@ def test_systemd_accepts_the_unit():
     result = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True)
     problems = [line for line in result.stderr.splitlines() if "is not executable" not in line]
     assert not problems, problems
+
+
+def test_a_notify_that_fails_never_raises(monkeypatch, tmp_path):
+    """The inference loop pings the watchdog every frame: a missing socket must not kill it."""
+    from edge import systemd
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
+    assert systemd.notify("WATCHDOG=1") is False

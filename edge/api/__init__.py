@@ -4,6 +4,10 @@ import hmac
 from flask import current_app, request
 
 from core.errors import DeepLensError, InvalidInput
+from core.jsonlimits import parse_json
+
+MAX_JSON_BYTES = 64 * 1024  # every JSON body the API takes (app.py refuses larger bodies unread)
+MAX_JSON_DEPTH = 8  # a threshold document nests 2 levels
 
 
 class ApiError(DeepLensError):
@@ -17,6 +21,12 @@ class ApiError(DeepLensError):
 
 def runtime():
     return current_app.extensions["deeplens"]
+
+
+def json_body():
+    """The request's JSON document, parsed within limits (core.jsonlimits): too large, too deeply
+    nested or malformed is InvalidInput, never a RecursionError."""
+    return parse_json(request.get_data(cache=False), MAX_JSON_BYTES, MAX_JSON_DEPTH)
 
 
 def require_token():

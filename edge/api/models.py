@@ -6,6 +6,7 @@ and run on a camera frame at the expected input size, and only then moved into t
 Whatever fails, the staging folder goes and the store is as it was.
 """
 import errno
+import logging
 
 from flask import Blueprint, jsonify, request
 
@@ -15,6 +16,7 @@ from core.package import MODEL_JSON, load_package
 from ..store import MB, UploadTooLarge, unpack
 from . import require_token, runtime
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("models", __name__)
 CHUNK = MB
 
@@ -44,9 +46,10 @@ def upload():
             entry, created = rt.store.add(pkg)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left for the package in {rt.store.root}; delete old "
-                           "versions (DELETE /models/<version>) or lower keep_versions") from None
-        raise StorageError(f"cannot write the model store {rt.store.root}: {exc}") from None
+            raise DiskFull("no space left for the package in the model store; delete old versions "
+                           "(DELETE /models/<version>) or lower keep_versions") from None
+        log.error("cannot write the model store", extra={"fields": {"path": rt.store.root, "error": exc}})
+        raise StorageError("cannot write the model store (the device's log says why)") from None
     doc = entry.to_json()
     if not created:
         doc["note"] = "this version was stored already; nothing changed"

@@ -1,9 +1,7 @@
 """GET/PUT /threshold: the live detection threshold (default and per class); changing it needs the token."""
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from core.errors import InvalidInput
-
-from . import require_token, runtime
+from . import json_body, require_token, runtime
 
 blueprint = Blueprint("threshold", __name__)
 
@@ -16,9 +14,7 @@ def get_threshold():
 @blueprint.put("/threshold")
 def put_threshold():
     require_token()
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput('send a JSON body like {"default": 0.4, "per_class": {"name": 0.6}}', "invalid_json")
+    body = json_body()
     rt = runtime()
     doc = rt.threshold.update(body)
     rt.publish_status()

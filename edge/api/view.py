@@ -1,5 +1,7 @@
 """GET /stream and /frame.jpg: the live view, with boxes and labels drawn and the region the model
-sees outlined (never used for training)."""
+sees outlined (never used for training). Streams are long-lived responses (edge/live.py): a
+bounded pool, per-client limits, and one JPEG encode per frame and size for every viewer."""
+import logging
 import time
 
 import cv2
@@ -8,7 +10,10 @@ from flask import Blueprint, Response
 from core.errors import Unavailable
 
 from ..capture import encode, shape
+from ..live import POLL_S, STALE_S, hold, live
 from . import query, runtime
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("view", __name__)
 OPTIONS = {"size": (int, 960, (0, 4096))}
@@ -43,30 +48,53 @@ def _latest(rt):
     return result
 
 
+def jpeg(hub, result, size):
+    """The annotated JPEG of `result` at `size`, encoded once for every viewer of that frame."""
+    return hub.shared((result.frame.seq, size), lambda: encode(annotate(result, size), quality=80))
+
+
 @blueprint.get("/frame.jpg")
 def frame_jpg():
     rt, opts = runtime(), query(OPTIONS)
     result = _latest(rt)
-    return Response(encode(annotate(result, opts["size"]), quality=80), mimetype="image/jpeg",
+    return Response(jpeg(live(), result, opts["size"]), mimetype="image/jpeg",
                     headers={"X-Frame-Seq": str(result.frame.seq), "Cache-Control": "no-store"})
 
 
 @blueprint.get("/stream")
 def stream():
+    """An endless MJPEG stream of the latest annotated frame; one of the live slots (edge/live.py)."""
     rt, opts = runtime(), query(OPTIONS)
-    _latest(rt)
+    age = time.time() - _latest(rt).frame.ts
+    if age > STALE_S:
+        raise Unavailable(f"the camera has sent no frame for {age:.0f} s (see camera in /status)", "camera_gone")
+    slot = live().take("a stream")
+    try:
+        slot.small_send_buffer()
+        response = Response(_frames(rt, opts["size"], slot), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                            headers={"Cache-Control": "no-store"})
+    except BaseException:
+        slot.release()
+        raise
+    return hold(response, slot)
 
-    def frames():
-        seq = -1
-        while True:
-            result = rt.loop.latest
-            if result is None or result.frame.seq == seq:
-                time.sleep(0.02)
-                continue
+
+def _frames(rt, size, slot):
+    """Each new frame once, as a part; ends when the camera is gone (no new frame for STALE_S),
+    the client has left or reads too slowly, or the service stops."""
+    seq = -1
+    while not slot.live.stopping.is_set():
+        result = rt.loop.latest
+        if result is not None and result.frame.seq != seq:
             seq = result.frame.seq
-            data = encode(annotate(result, opts["size"]), quality=80)
-            yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                   + data + b"\r\n")
-
-    return Response(frames(), mimetype=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                    headers={"Cache-Control": "no-store"})
+            data = jpeg(slot.live, result, size)
+            started = time.monotonic()
+            yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                   f"X-Frame-Seq: {seq}\r\n\r\n").encode() + data + b"\r\n"
+            if time.monotonic() - started > slot.live.write_timeout:  # the write of that part took this long
+                log.warning("live view client too slow, dropped", extra={"fields": {"client": slot.client}})
+                return
+            continue
+        if result is None or time.time() - result.frame.ts > STALE_S or slot.gone():
+            return
+        slot.live.stopping.wait(POLL_S)
