@@ -96,6 +96,23 @@ def subscriber():
         sub.close()
 
 
+@pytest.fixture
+def publishers():
+    """Make edge.events Publishers for device cam1 on a broker address, stopped after the test."""
+    from edge.events import Publisher
+    made = []
+
+    def make(address, **kwargs):
+        host, _, port = address.rpartition(":")
+        made.append(Publisher(host, int(port), "cam1", "deeplens_cam1", **kwargs))
+        made[-1].start()
+        return made[-1]
+
+    yield make
+    for pub in made:
+        pub.stop()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(trainer, package, manifest) of a tiny model trained once per session (a few seconds)."""

@@ -20,20 +20,6 @@ pytestmark = pytest.mark.mosquitto
 SCHEMA = event_schema()
 
 
-@pytest.fixture
-def publishers():
-    made = []
-
-    def make(address, **kwargs):
-        host, _, port = address.rpartition(":")
-        made.append(Publisher(host, int(port), "cam1", "deeplens_cam1", **kwargs))
-        made[-1].start()
-        return made[-1]
-    yield make
-    for pub in made:
-        pub.stop()
-
-
 def event(seq):
     return detection_event(seq, "v1", 4.2, [{"class_id": 1, "label": "note", "score": 0.8, "box": [0.1, 0.2, 0.5, 0.9]}])
 

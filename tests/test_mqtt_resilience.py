@@ -87,20 +87,6 @@ def seqs(sub, count=None, timeout=0.0):
     return got
 
 
-@pytest.fixture
-def publishers():
-    made = []
-
-    def make(address, **kwargs):
-        host, _, port = address.rpartition(":")
-        made.append(Publisher(host, int(port), "cam1", "deeplens_cam1", **kwargs))
-        made[-1].start()
-        return made[-1]
-    yield make
-    for pub in made:
-        pub.stop()
-
-
 # -- core.jsonlimits ------------------------------------------------------------------------------
 
 def test_parse_json_checks_size_and_depth_before_parsing():
