@@ -3,6 +3,9 @@
 Options are generated from edge.config.SETTINGS, so every setting is a flag, a DEEPLENS_*
 variable and a config-file key with one help text.
 """
+import atexit
+import logging
+import os
 import sys
 
 import click
@@ -128,7 +131,15 @@ def run_lambda(lambda_file, handler, config_file, **flags):
     from .lambda_runner import run_lambda as run
     config = load_config(config_file, flags)
     setup_logging(config.log_level)
-    sys.exit(run(lambda_file, config, handler=handler))
+    code = run(lambda_file, config, handler=handler)
+    # The Lambda's own thread may still be inside MXNet: an interpreter teardown racing it ends in a
+    # C++ abort ("terminate called without an active exception"). Run the exit handlers (the
+    # greengrasssdk flush, the broker), then leave without the teardown.
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @main.command()
