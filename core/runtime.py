@@ -1,15 +1,11 @@
 """The device runtime: an MXNet inference graph bound once on the CPU, as `awscam.Model` runs it.
 
 Frames reach it through core.detector.Detector, which crops and resizes them."""
-import logging
-
 import cv2
 import mxnet as mx
 import numpy as np
 
 from .errors import ModelError
-
-log = logging.getLogger(__name__)
 
 
 class MXNetModel:
