@@ -55,17 +55,20 @@ class DeviceClient:
         except requests.RequestException as exc:
             hint = self._plain_hint() if isinstance(exc, requests.ConnectionError) and \
                 re.search(r"aborted|reset|BadStatusLine|RemoteDisconnected", str(exc)) else ""
-            raise DeviceError(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}{hint}") from None
+            raise DeviceError(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}{hint}",
+                              code="device_unreachable") from None
         if response.status_code >= 400:
             try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200] or response.reason
+                error = response.json()["error"]
+                message, code = error["message"], error.get("code")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                message, code = response.text[:200] or response.reason, None
             if response.status_code == 401:
                 message += ("; the token is wrong: store the device's token with " if self.device.token else
                             "; it needs the device's token: set DEEPLENS_TOKEN or store it with ") + \
                     f"`deeplens-ctl devices add {self._name} {self.url} --token TOKEN`"
-            raise DeviceError(f"{self.url}{path} answered {response.status_code}: {message}", response.status_code)
+            raise DeviceError(f"{self.url}{path} answered {response.status_code}: {message}", response.status_code,
+                              code=code)
         return response
 
     @property
@@ -122,6 +125,31 @@ class DeviceClient:
         """(image bytes, response headers) of a clean frame."""
         response = self._call("GET", "/capture", params={k: v for k, v in params.items() if v is not None})
         return response.content, response.headers
+
+    def detections(self):
+        """The latest frame's detections (GET /detections)."""
+        return self._call("GET", "/detections").json()
+
+    def stream(self, size=None):
+        """The live view (GET /stream, MJPEG with boxes drawn): (content type, iterator of bytes);
+        the connection closes when the iterator is closed."""
+        response = self._call("GET", "/stream", params={"size": size} if size else None, stream=True,
+                              timeout=(self.timeout, 30))
+
+        def blocks():
+            try:
+                yield from response.iter_content(1 << 14)
+            finally:
+                response.close()
+        return response.headers.get("Content-Type"), blocks()
+
+    def archive(self, version, block=1 << 16):
+        """The stored package `version` as .tar.gz blocks (GET /models/<version>/archive)."""
+        response = self._call("GET", f"/models/{version}/archive", stream=True, timeout=(self.timeout, 120))
+        try:
+            yield from response.iter_content(block)
+        finally:
+            response.close()
 
     def upload(self, archive, progress=None):
         """Send a package archive; the device checks it before answering (minutes for a big model)."""

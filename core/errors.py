@@ -73,10 +73,11 @@ class CameraError(DeepLensError):
 class DeviceError(DeepLensError):
     """A device refused a request, could not be reached, or a swap did not end well.
 
-    `status` is the HTTP status the device answered, None when it could not be reached.
+    `status` is the HTTP status the device answered, None when it could not be reached (code
+    `device_unreachable`).
     """
     code = "device_error"
 
-    def __init__(self, message, status=None):
-        super().__init__(message)
+    def __init__(self, message, status=None, code=None):
+        super().__init__(message, code=code)
         self.status = status

@@ -181,3 +181,29 @@ def banknotes():
     if not (BANKNOTES / "sg-manifest.manifest").is_file():
         pytest.skip(f"the shared banknotes set is not at {BANKNOTES}")
     return BANKNOTES
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright (tests/browser.py), one per session."""
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.fail("Debian's chromium is not installed: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    from browser import launch
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page (own cookies and storage) for one test; console errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"the page raised: {errors}"
+
