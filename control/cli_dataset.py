@@ -270,8 +270,12 @@ def split(manifest_file, out, ratios, seed, group_threshold, class_names, images
 @click.argument("manifest_file", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False))
 @_reading_options
 @click.option("--fast", is_flag=True, help="Read image headers only: skips the broken-frame check.")
+@click.option("--drop-invalid", is_flag=True, help="Write a copy without the lines that have an error "
+              "(needs -o); every other line is kept byte-for-byte. Warnings drop nothing.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False),
+              help="With --drop-invalid: the manifest to write (not MANIFEST itself).")
 @json_option
-def validate(manifest_file, class_names, images_root, label_attribute, fast, as_json):
+def validate(manifest_file, class_names, images_root, label_attribute, fast, drop_invalid, out, as_json):
     """Check a manifest; list every problem with line number and field.
 
     Finds: bad JSON, missing fields, missing or unreadable images, image_size that
@@ -279,16 +283,27 @@ def validate(manifest_file, class_names, images_root, label_attribute, fast, as_
     the class-map, broken frames (a flat band at the bottom). Exit status 0 when there is
     no error (warnings allowed), 1 otherwise.
 
+    With --drop-invalid -o OUT, OUT gets every line without an error, unchanged, and the
+    dropped lines are listed with their reasons; exit status 0 once OUT is written.
+
     \b
     Examples:
       deeplens-ctl manifest validate data.manifest
       deeplens-ctl manifest validate sg.manifest --images-root images/ --json
+      deeplens-ctl manifest validate data.manifest --drop-invalid -o clean.manifest
     """
+    if drop_invalid != bool(out):
+        raise click.UsageError("--drop-invalid needs -o/--out" if drop_invalid else "-o/--out goes with --drop-invalid")
+    if out and os.path.exists(out) and os.path.samefile(out, manifest_file):
+        raise click.BadParameter("must not be MANIFEST: the input stays as it is, so that nothing is lost if "
+                                 "a line was dropped wrongly", param_hint="-o/--out")
     collector = ds.Collector(class_names, images_root)
     with user_errors():
         problems = sagemaker.validate(collector, manifest_file, attribute=label_attribute,
                                       check_pixels=not fast, progress=progress("checking images"))
     errors = sum(p.severity == "error" for p in problems)
+    if out:
+        return _drop_invalid(manifest_file, problems, out, as_json)
     if as_json:
         echo_json({"usable": errors == 0, "errors": errors, "warnings": len(problems) - errors,
                    "problems": [p.to_json() for p in problems]}, indent=2)
@@ -298,6 +313,25 @@ def validate(manifest_file, class_names, images_root, label_attribute, fast, as_
         click.echo(f"{manifest_file}: {errors} error(s), {len(problems) - errors} warning(s): "
                    + ("usable" if not errors else "not usable"))
     sys.exit(1 if errors else 0)
+
+
+def _drop_invalid(manifest_file, problems, out, as_json):
+    with user_errors():
+        kept, total, dropped = sagemaker.drop_invalid(manifest_file, problems, out)
+    warnings = [p for p in problems if p.severity == "warning"]
+    if os.path.dirname(os.path.abspath(out)) != os.path.dirname(os.path.abspath(manifest_file)):
+        click.echo(f"note: {out} is not beside {manifest_file}: its lines are unchanged, so relative "
+                   "source-refs in it no longer point at the images (keep it beside, or use --images-root)", err=True)
+    if as_json:
+        echo_json({"out": str(out), "lines": total, "kept": kept,
+                   "dropped": [{"line": line, "reason": reason} for line, reason in dropped],
+                   "warnings": [p.to_json() for p in warnings]}, indent=2)
+    else:
+        for line, reason in dropped:
+            click.echo(f"{manifest_file}:{line}: dropped: {reason}")
+        for problem in warnings:
+            click.echo(str(problem))
+        click.echo(f"kept {kept} of {total} lines -> {out}")
 
 
 @manifest.command()

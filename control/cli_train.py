@@ -43,6 +43,9 @@ crop_option = click.option(
 @click.option("--class-names", help="Class names in class_id order, comma-separated (default: the manifest's).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue runs/<name>/ from its last completed epoch.")
+@click.option("--init", type=click.Path(exists=True, file_okay=False),
+              help="Start from the weights of a run folder (runs/<name>/) or model package instead of random "
+                   "ones: same --arch and --size, same classes or more (matched by name).")
 @click.option("--backend", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True)
 @click.option("--role", help="[sagemaker] IAM role ARN the training job runs as.")
 @click.option("--bucket", help="[sagemaker] S3 bucket for data and output.")
@@ -60,7 +63,9 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
 
     \b
     Local (default): runs/<name>/ gets args.yaml, metrics.csv, weights/{best,last}.params,
-    plots, the package model/ and model.tar.gz (SageMaker layout).
+    plots, the package model/ and model.tar.gz (SageMaker layout). SIGTERM, Ctrl-C or a
+    file runs/<name>/STOP ends the run after the current epoch, which still exports the best
+    weights; a second SIGTERM or Ctrl-C aborts.
     --backend sagemaker: uploads images and manifests, runs the built-in object-detection
     algorithm, downloads its model.tar.gz and converts it into the package runs/<name>/model/.
 
@@ -69,6 +74,7 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
       deeplens-ctl train split/train.manifest --val split/val.manifest --name notes
       deeplens-ctl train data.manifest --val val.manifest --flip rot90 --time-budget 15
       deeplens-ctl train data.manifest --name notes --resume
+      deeplens-ctl train relabelled.manifest --name notes2 --init runs/notes/ --epochs 30
       deeplens-ctl train data.manifest --backend sagemaker --role ARN --bucket my-bucket
     """
     config = TrainConfig(**options, classes=names(class_names))
@@ -76,6 +82,8 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
         from .train import sagemaker
         if not (role and bucket):
             raise click.UsageError("--backend sagemaker needs --role and --bucket")
+        if config.init:
+            raise click.UsageError("--init works with --backend local only")
         hp = dict(h.split("=", 1) for h in hyperparameters if "=" in h)
         package = sagemaker.train_job(manifest, val_manifest, Path(runs_dir) / config.name, role=role, bucket=bucket,
                                       prefix=prefix, region=region, instance_type=instance_type, hyperparameters=hp,
@@ -83,12 +91,16 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
                                       echo=lambda line: click.echo(line, err=True))
         result = {"package": str(package.folder), "version": package.version}
     else:
+        from .train.callbacks import stop_on_signals
         from .train.trainer import train_local
-        trainer, package = train_local(config, manifest, val_manifest, runs_dir=runs_dir, resume=resume)
+        with stop_on_signals():
+            trainer, package = train_local(config, manifest, val_manifest, runs_dir=runs_dir, resume=resume)
         best = trainer.best
         result = {"package": str(package.folder), "version": package.version, "run": str(trainer.run_dir),
                   "epochs": trainer.epoch, "best_epoch": best["epoch"], "map50": best["map50"],
                   "map_coco": best["map_coco"], "seconds": round(trainer.elapsed, 1)}
+        if trainer.init_note:
+            result["init"] = trainer.init_note
     if as_json:
         echo_json(result)
     else:

@@ -48,7 +48,7 @@ class EdgeService:
             try:
                 if self.session.get(self.url + "/health", timeout=0.5).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 time.sleep(0.1)
         raise TimeoutError(f"deeplens-edge did not answer within {timeout}s:\n{self.log()}")
 

@@ -118,3 +118,48 @@ def test_unknown_format_lists_the_valid_ones_and_writes_nothing(small):
     assert result.exit_code == 1
     assert "unknown output format 'tfrecord'; valid formats: coco, recordio, sagemaker, voc, yolo" in result.stderr
     assert only_files(folder) == ["a.jpg", "in.manifest"]
+
+
+def test_drop_invalid_copies_the_good_lines_byte_for_byte(small):
+    folder, manifest_with, good = small
+    broken = np.random.default_rng(1).integers(0, 255, (300, 400, 3), np.uint8)
+    broken[200:] = 128                                                   # a partially decoded capture
+    cv2.imwrite(str(folder / "broken.png"), broken)
+    odd = '{"source-ref":"a.jpg",  "labels":{"image_size":[{"width":400,"height":300,"depth":3}],' \
+          '"annotations":[]}, "extra": "kept as is"}'                   # spacing and extra keys survive
+    source = manifest_with(good, good[:40], good.replace("a.jpg", "gone.jpg"), odd,
+                           good.replace('"width": 30', '"width": 0'), good.replace("a.jpg", "broken.png"),
+                           good.replace('"width": 400', '"width": 200'))
+    with open(source, "ab") as f:
+        f.write(b'{"source-ref": "\xff\xfe"}\n')                          # not UTF-8
+    result = run(manifest, "validate", source, "--drop-invalid", "-o", folder / "clean.manifest")
+    assert result.exit_code == 0, result.output
+    assert (folder / "clean.manifest").read_text() == f"{good}\n{odd}\n"
+    for line, reason in ((2, "not valid JSON"), (3, "source-ref: image not found: gone.jpg"),
+                         (5, "labels.annotations[0]: zero-area box"), (6, "source-ref: broken frame"),
+                         (7, "labels.image_size: says 200x300"), (8, "not UTF-8 text")):
+        assert f"in.manifest:{line}: dropped: {reason}" in result.stdout
+    assert "in.manifest:1: warning: source-ref: a.jpg is listed" in result.stdout      # warnings drop nothing
+    assert result.stdout.strip().endswith(f"kept 2 of 8 lines -> {folder / 'clean.manifest'}")
+    assert run(manifest, "validate", folder / "clean.manifest").exit_code == 0
+
+    result = run(manifest, "validate", source, "--fast", "--drop-invalid", "-o", folder / "fast.manifest", "--json")
+    report = json.loads(result.stdout)
+    assert (report["kept"], report["lines"]) == (3, 8)                   # --fast cannot see the broken frame
+    assert [d["line"] for d in report["dropped"]] == [2, 3, 5, 7, 8]
+    assert "zero-area box" in report["dropped"][2]["reason"]
+
+
+def test_drop_invalid_refuses_to_overwrite_its_input_or_to_keep_nothing(small):
+    folder, manifest_with, good = small
+    source = manifest_with(good, good[:40])
+    for args, message in ((["--drop-invalid"], "--drop-invalid needs -o/--out"),
+                          (["-o", folder / "x.manifest"], "-o/--out goes with --drop-invalid"),
+                          (["--drop-invalid", "-o", source], "must not be MANIFEST")):
+        result = run(manifest, "validate", source, *args)
+        assert result.exit_code == 2 and message in result.stderr
+    assert source.read_text() == f"{good}\n{good[:40]}\n"
+    manifest_with(good.replace("a.jpg", "gone.jpg"), good[:40])
+    result = run(manifest, "validate", source, "--drop-invalid", "-o", folder / "empty.manifest")
+    assert result.exit_code == 1 and "no line is free of errors; " in result.stderr
+    assert only_files(folder) == ["a.jpg", "in.manifest"]

@@ -1,6 +1,11 @@
 """The train group of deeplens-ctl through click's runner: real commands at tiny sizes."""
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -73,3 +78,50 @@ def test_invalid_manifest_is_refused_with_the_validators_message(tmp_path):
     result = run("train", manifest, "--arch", "tiny", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 1 and "data.manifest:1: error" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def start_training(tmp_path, name):
+    """`deeplens-ctl train` in a process of its own; returns it once its first epoch is saved."""
+    manifest = write_synthetic_set(tmp_path / "data", count=4)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from control.cli import main; main()", "train", str(manifest), "--arch", "tiny",
+         "--size", "96", "--epochs", "500", "--batch-size", "4", "--runs-dir", str(tmp_path / "runs"),
+         "--name", name, "--json"],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state, deadline = tmp_path / "runs" / name / "state.json", time.monotonic() + 60
+    while not state.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_stops_training_after_the_epoch_and_exports_the_best_weights(tmp_path):
+    proc = start_training(tmp_path, "sig")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert 1 <= summary["epochs"] < 10 and Path(summary["package"], "model.json").is_file()
+    assert "SIGTERM: stopping after this epoch" in err and "stop requested (SIGTERM)" in err
+
+
+def test_a_second_signal_aborts(tmp_path):
+    proc = start_training(tmp_path, "abort")
+    proc.send_signal(signal.SIGTERM)     # two signals (distinct, so that neither is merged into the other)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Aborted" in err
+    assert not (tmp_path / "runs/abort/model").exists()
+
+
+def test_train_init_from_an_earlier_run(trained, tmp_path):
+    trainer, _, manifest = trained
+    result = run("train", manifest, "--arch", "tiny", "--size", 96, "--epochs", 1, "--batch-size", 4,
+                 "--runs-dir", tmp_path, "--name", "again", "--init", trainer.run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["init"].startswith(f"init: 2 of 2 classes from {trainer.run_dir} (epoch ")
+    result = run("train", manifest, "--size", 96, "--runs-dir", tmp_path, "--name", "arch", "--init", trainer.run_dir)
+    assert result.exit_code == 1 and "is a 'tiny' model; this run is --arch mobilenet" in result.output
+    result = run("train", manifest, "--backend", "sagemaker", "--role", "r", "--bucket", "b", "--init", trainer.run_dir)
+    assert result.exit_code == 2 and "--init works with --backend local only" in result.output

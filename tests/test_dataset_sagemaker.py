@@ -3,9 +3,10 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
-from control.dataset import Collector, read, write
-from control.dataset.sagemaker import validate
+from control.dataset import Collector, DatasetError, Problem, read, write
+from control.dataset.sagemaker import drop_invalid, validate
 
 NAMES = ["2000 RUB", "1000 RUB"]
 
@@ -91,3 +92,15 @@ def test_s3_references_not_found_locally_are_kept_as_they_are(tmp_path):
     assert [p.severity for p in problems] == ["warning"]
     write("sagemaker", dataset, tmp_path / "out.manifest")
     assert json.loads((tmp_path / "out.manifest").read_text())["source-ref"] == "s3://bucket/elsewhere/x.jpg"
+
+
+def test_drop_invalid_keeps_whole_file_problems_for_a_person(tmp_path):
+    """An error without a line is about the whole file: dropping lines cannot fix it, so nothing is written."""
+    source = tmp_path / "m.manifest"
+    source.write_bytes(b'{"a": 1}\r\n\n{"b": 2}')
+    assert drop_invalid(source, [Problem("warning", str(source), 1, None, "w")], tmp_path / "out") == (2, 2, [])
+    assert (tmp_path / "out").read_bytes() == source.read_bytes()
+    whole = Problem("error", str(source), None, None, "the class-map disagrees between lines")
+    with pytest.raises(DatasetError, match="errors about the whole file, not single lines"):
+        drop_invalid(source, [whole], tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

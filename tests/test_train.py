@@ -1,9 +1,11 @@
 """Local training: a tiny model for a few epochs on synthetic images; the run folder, the
 exported package, resume after a kill, reproducibility and refusal of bad manifests."""
 import json
+import shutil
 
 import awscam
 import cv2
+import mxnet as mx
 import numpy as np
 import pytest
 
@@ -11,7 +13,9 @@ from control.train import TrainError
 from control.train.config import FLIPS, TrainConfig
 from control.train.data import read_manifest
 from core.detector import Detector, to_pixels
-from control.train.callbacks import Callback
+from core.package import write_package
+from core.ssd import dummy_package
+from control.train.callbacks import Callback, StopRequest
 from control.train.trainer import train_local
 from control.train.transforms import TrainTransform
 
@@ -144,3 +148,150 @@ def test_augmented_boxes_stay_inside_the_image(flip):
         assert data.shape == (3, 96, 96) and len(labels) >= 1
         assert labels[:, 1:].min() >= 0 and labels[:, 1:].max() <= 1
         assert np.all(labels[:, 3:] > labels[:, 1:3])
+
+
+# -- --init: start from an earlier run or package ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny model trained long enough (30 epochs, ~6 s) to detect the red and blue boxes."""
+    folder = tmp_path_factory.mktemp("source")
+    manifest = write_synthetic_set(folder / "data", count=16)
+    trainer, package = train_local(tiny_config(name="src", epochs=30, lr=0.003, flip="none"), manifest,
+                                   runs_dir=folder / "runs", callbacks=[])
+    return trainer, package, manifest
+
+
+def retrain_config(name, **overrides):
+    return tiny_config(name=name, epochs=1, lr=0.0006, flip="none", **overrides)
+
+
+@pytest.mark.parametrize("kind", ["run", "package"])
+def test_init_starts_where_the_earlier_run_ended(source, tmp_path, capsys, kind):
+    trainer, package, manifest = source
+    init = trainer.run_dir if kind == "run" else package.folder
+    warm, _ = train_local(retrain_config("warm"), manifest, runs_dir=tmp_path, callbacks=[], init=init)
+    cold, _ = train_local(retrain_config("cold"), manifest, runs_dir=tmp_path, callbacks=[])
+    assert warm.history[0]["map50"] > max(0.1, 2 * cold.history[0]["map50"])
+    assert warm.history[0]["loss"] < cold.history[0]["loss"]
+    assert f"init: 2 of 2 classes from {init} (epoch {trainer.best['epoch']})" in capsys.readouterr().err
+    assert TrainConfig.load(warm.run_dir / "args.yaml").init == str(init)
+
+
+def relabel(manifest, out, classes, extra=()):
+    """`manifest` with class ids of `classes` (a new order, maybe more names) and `extra` lines."""
+    rows = [json.loads(text) for text in manifest.read_text().splitlines()]
+    keys = [name.lower() for name in classes]
+    for row in rows:
+        for ann in row["labels"]["annotations"]:
+            ann["class_id"] = keys.index(CLASSES[ann["class_id"]])
+    for row in rows + list(extra):
+        row["labels-metadata"] = {"class-map": {str(i): name for i, name in enumerate(classes)}}
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows + list(extra)))
+    return out
+
+
+class Before(Callback):
+    """The network's detections on the validation images before the first step."""
+
+    def on_train_start(self, trainer):
+        self.rows = trainer.detector.detect_rows(trainer.val_data.images)
+
+
+def test_a_new_class_in_another_order_keeps_the_old_classes_detections(source, tmp_path, capsys):
+    trainer, package, manifest = source
+    image = np.random.default_rng(5).integers(60, 120, (96, 96, 3), dtype=np.uint8)
+    image[20:60, 30:70] = (40, 200, 40)
+    cv2.imwrite(str(manifest.parent / "green.png"), image)
+    green = {"source-ref": "green.png", "labels": {"image_size": [{"width": 96, "height": 96, "depth": 3}],
+             "annotations": [{"class_id": 0, "left": 30, "top": 20, "width": 40, "height": 40}]}}
+    classes = ["green", "Blue", "red"]     # ids move; names match whatever the case
+    relabelled = relabel(manifest, manifest.parent / "three.manifest", classes, [green])
+    before = Before()
+    new, _ = train_local(retrain_config("three"), relabelled, runs_dir=tmp_path, callbacks=[before],
+                         init=trainer.run_dir)
+    assert new.classes == classes and "init: 2 of 3 classes" in capsys.readouterr().err
+    old = Detector.open(package.folder).detect_rows(new.val_data.images[:16])
+    moved = {0: 2, 1: 1}
+    for old_rows, new_rows in zip(old, before.rows):     # the new class starts improbable: ~1 % of background
+        for cid, score, *box in old_rows[:3]:          # near-equal scores may swap places
+            same = new_rows[:6][np.abs(new_rows[:6, 2:] - box).max(axis=1) < 1e-4]
+            assert len(same) and same[0, 0] == moved[int(cid)] and abs(same[0, 1] - score) < 0.02
+
+
+def test_init_refuses_fewer_classes_another_arch_or_size(source, tmp_path):
+    trainer, package, manifest = source
+    red_only = relabel(manifest, manifest.parent / "fewer.manifest", ["red", "blue"])
+    red_only.write_text(red_only.read_text().replace('"1": "blue"', '"1": "yellow"'))
+    with pytest.raises(TrainError, match=r"has classes this run lacks: blue .*same classes or more"):
+        train_local(retrain_config("fewer"), red_only, runs_dir=tmp_path, callbacks=[], init=trainer.run_dir)
+    with pytest.raises(TrainError, match=r"is a 'tiny' model; this run is --arch mobilenet"):
+        train_local(retrain_config("arch", arch="mobilenet"), manifest, runs_dir=tmp_path, callbacks=[],
+                    init=package.folder)
+    with pytest.raises(TrainError, match=r"takes 96x96 input; this run is --size 128"):
+        train_local(retrain_config("size", size=128), manifest, runs_dir=tmp_path, callbacks=[], init=trainer.run_dir)
+    with pytest.raises(TrainError, match=r"neither a run folder .* nor a model package"):
+        train_local(retrain_config("none"), manifest, runs_dir=tmp_path, callbacks=[], init=tmp_path)
+
+
+def edited_package(package, folder, edit, source=None):
+    """A copy of `package` whose parameters went through `edit` ({name: array} -> {name: array})."""
+    folder = shutil.copytree(package.folder, folder)
+    mx.nd.save(str(folder / package.params_path.name), edit(mx.nd.load(str(package.params_path))))
+    write_package(folder, package.name, package.classes, package.width, package.height,
+                  source=package.source if source is None else source)
+    return folder
+
+
+def test_init_maps_parameter_names_and_fails_loudly_when_they_do_not_match(source, tmp_path):
+    trainer, package, manifest = source
+    # exported names carry the net's instance prefix ("ssd0_"): any prefix shared by all is fine
+    prefixed = edited_package(package, tmp_path / "prefixed", lambda params: {
+        k.replace(":ssd0_", ":deploynet3_ssd7_"): v for k, v in params.items()})
+    warm, _ = train_local(retrain_config("prefixed"), manifest, runs_dir=tmp_path, callbacks=[], init=prefixed)
+    assert warm.history[0]["map50"] > 0.1
+    unnamed = edited_package(package, tmp_path / "unnamed", lambda params: {
+        f"arg:layer{i}": v for i, v in enumerate(params.values())})
+    with pytest.raises(TrainError, match=r"none of its 135 parameters is one of this tiny network's"):
+        train_local(retrain_config("unnamed"), manifest, runs_dir=tmp_path, callbacks=[], init=unnamed)
+    partial = edited_package(package, tmp_path / "partial", lambda params: {
+        k: v for k, v in params.items() if "box" not in k and "conv9" not in k})
+    with pytest.raises(TrainError, match=r"lacks \d+ of the 135 parameters of this tiny network"):
+        train_local(retrain_config("partial"), manifest, runs_dir=tmp_path, callbacks=[], init=partial)
+    other = dummy_package(tmp_path / "other", name="other", num_classes=2, size=96, arch="mobilenet")
+    write_package(other.folder, other.name, CLASSES, 96, 96, source={})     # says no architecture
+    with pytest.raises(TrainError, match=r"is \(.*\) there, \(.*\) expected for this tiny network"):
+        train_local(retrain_config("shapes"), manifest, runs_dir=tmp_path, callbacks=[], init=other.folder)
+
+
+# -- stopping a run from outside -------------------------------------------------------------------
+
+class WriteStop(Callback):
+    """Writes runs/<name>/STOP during epoch `epoch`, as the studio does to stop a run."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_batch_end(self, trainer, logs):
+        if trainer.epoch + 1 == self.epoch:
+            (trainer.run_dir / StopRequest.FILE).touch()
+
+
+def test_a_stop_file_ends_the_run_after_the_epoch_and_still_exports(tmp_path, capsys):
+    manifest = write_synthetic_set(tmp_path / "data", count=4)
+    trainer, package = train_local(tiny_config(name="stopped", epochs=20), manifest, runs_dir=tmp_path,
+                                   callbacks=[WriteStop(2), StopRequest()])
+    assert [row["epoch"] for row in trainer.history] == [1, 2]
+    assert json.loads((trainer.run_dir / "state.json").read_text())["epoch"] == 2
+    assert (trainer.run_dir / "model/model.json").is_file() and package.source["metrics"]["epoch"] in (1, 2)
+    assert not (trainer.run_dir / "STOP").exists()
+    assert "stop requested (STOP file): stopping after epoch 2" in capsys.readouterr().err
+
+
+def test_the_default_callbacks_heed_a_stop_file(tmp_path):
+    manifest = write_synthetic_set(tmp_path / "data", count=4)
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early/STOP").touch()
+    trainer, _ = train_local(tiny_config(name="early", epochs=20), manifest, runs_dir=tmp_path)
+    assert trainer.epoch == 1 and (trainer.run_dir / "model.tar.gz").is_file()
+    assert not (trainer.run_dir / "STOP").exists()

@@ -30,9 +30,15 @@ class Record:
 
 def parse(path, attribute=None, problems=None):
     """Records of the manifest at `path`; structural problems are appended to `problems`."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, 1):
+    records, problems = [], ([] if problems is None else problems)
+    with open(path, "rb") as f:     # lines split at b"\n" only: the numbers drop_invalid copies by
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(_problem(str(path), number, None, f"not UTF-8 text (byte {exc.start + 1}); "
+                                         "a damaged line?"))
+                continue
             if text.strip():
                 record = _parse_line(str(path), number, text, attribute, problems)
                 if record is not None:
@@ -183,6 +189,34 @@ def validate(collector, path, attribute=None, check_pixels=True, progress=None):
         if image.path:
             _check_file(collector, path, record, image, check_pixels)
     return sorted(collector.problems, key=lambda p: p.line or 0)
+
+
+def drop_invalid(path, problems, out):
+    """Write `out`: the manifest at `path` without the lines that have an error, every other line
+    byte-for-byte (same order, same attributes, blank lines too), so that the fix-up changes
+    nothing it keeps. Warnings drop nothing. Returns (kept, total, dropped): counts of JSON
+    lines and [(line, reason)].
+
+    Nothing is written when an error has no line (it concerns the whole file, and dropping
+    lines would not fix it) or when no line would be left.
+    """
+    errors = [p for p in problems if p.severity == "error"]
+    whole = [p for p in errors if p.line is None]
+    if whole:
+        raise DatasetError(f"{path}: errors about the whole file, not single lines; {out} not written", whole)
+    reasons = {}
+    for p in errors:
+        reasons.setdefault(p.line, []).append(f"{p.field}: {p.message}" if p.field else p.message)
+    with open(path, "rb") as f:
+        lines = list(enumerate(f, 1))
+    kept = [raw for number, raw in lines if number not in reasons]
+    total, left = (sum(bool(raw.strip()) for raw in group) for group in ([raw for _, raw in lines], kept))
+    if not left:
+        raise DatasetError(f"{path}: no line is free of errors; {out} not written", errors)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with atomic_open(out, "wb") as f:
+        f.writelines(kept)
+    return left, total, [(number, "; ".join(texts)) for number, texts in sorted(reasons.items())]
 
 
 def _check_file(collector, path, record, image, check_pixels):

@@ -1,7 +1,10 @@
 """Named events around the training loop, and what listens to them: progress on stderr,
 metrics.csv, plots, stopping rules."""
+import contextlib
 import csv
 import io
+import os
+import signal
 import sys
 
 import click
@@ -82,6 +85,48 @@ class TimeBudget(Callback):
         if self.seconds and trainer.elapsed + per_epoch > self.seconds:
             click.echo(f"time budget: stopping after {trainer.elapsed:.0f}s", err=True)
             trainer.stop = True
+
+
+class StopRequest(Callback):
+    """Stop after the current epoch when <run_dir>/STOP exists (the file is then removed) or
+    stop_on_signals caught a signal: another process (the studio) ends a run gracefully and
+    still gets its checkpoint and the exported best weights."""
+    FILE = "STOP"
+    signalled = None    # the signal stop_on_signals caught: process-wide, as signals are
+
+    def on_epoch_end(self, trainer, logs):
+        why = StopRequest.signalled
+        with contextlib.suppress(FileNotFoundError):
+            (trainer.run_dir / self.FILE).unlink()
+            why = why or f"{self.FILE} file"
+        if why:
+            click.echo(f"stop requested ({why}): stopping after epoch {trainer.epoch}", err=True)
+            trainer.stop = True
+
+    def on_train_end(self, trainer):
+        # a request that came after the last epoch must not stop the next run in this folder
+        with contextlib.suppress(FileNotFoundError):
+            (trainer.run_dir / self.FILE).unlink()
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+    """Inside, a first SIGTERM/SIGINT asks StopRequest to stop after the epoch in progress;
+    a second one aborts at once (KeyboardInterrupt)."""
+    def handle(signum, frame):
+        if StopRequest.signalled:
+            raise KeyboardInterrupt
+        StopRequest.signalled = signal.Signals(signum).name
+        # os.write: the progress bar may be inside a buffered write to stderr right now
+        os.write(2, f"\n{StopRequest.signalled}: stopping after this epoch (send it again to abort)\n".encode())
+
+    previous = {signum: signal.signal(signum, handle) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        StopRequest.signalled = None
 
 
 class Plots(Callback):

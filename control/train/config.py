@@ -36,6 +36,7 @@ class TrainConfig:
     threshold: float = 0.5          # the deployed score threshold that evaluation reports P/R at
     crop: str = DEFAULT_CROP        # how validation frames meet the input: as the device's crop setting
     classes: list = None
+    init: str = None                # --init: a run folder or model package whose weights the run starts from
 
     @classmethod
     def load(cls, path):

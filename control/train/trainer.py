@@ -6,10 +6,13 @@ the exported package `model/` and `model.tar.gz` (SageMaker layout).
 """
 import dataclasses
 import json
+import math
+import os
 import resource
 import time
 from pathlib import Path
 
+import click
 import mxnet as mx
 import numpy as np
 import yaml
@@ -17,7 +20,11 @@ from mxnet import autograd, gluon
 
 from core import ssd
 from core.detector import Detector, to_pixels
+from core.errors import ModelError
 from core.fileio import atomic_write_text, sha256_file
+from core.package import MODEL_JSON, load_package
+
+from control.dataset.model import ClassMap
 
 from . import TrainError
 from . import callbacks as cb
@@ -65,6 +72,7 @@ class Trainer:
             options["momentum"] = 0.9
         self.trainer = gluon.Trainer(trainable, config.optimizer, options)
         self.epoch, self.elapsed, self.history, self.stop = 0, 0.0, [], False
+        self.init_note = None       # what load_init loaded, in words
         self.last_result = None     # the EvalResult of the latest validation
         self.batch_size = min(config.batch_size, len(self.train_data))
         self.batches_per_epoch = len(self.train_data) // self.batch_size
@@ -101,6 +109,30 @@ class Trainer:
         except (OSError, ValueError, mx.MXNetError) as exc:
             raise TrainError(f"{self.run_dir}: cannot resume ({exc})") from None
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], state["history"]
+
+    def load_init(self, path):
+        """Start from the weights of an earlier run or package (--init), so that a relabel-and-
+        retrain round takes minutes. Backbone and box heads are copied as they are; the class
+        heads' rows move to each class's position here by name (background too); a class the
+        init model lacks starts as an improbable background (copy_weights). Returns what was
+        loaded, in words."""
+        init, where, config = find_init(path), f"--init {path}", self.config
+        if init.arch and init.arch != config.arch:
+            raise TrainError(f"{where} is a {init.arch!r} model; this run is --arch {config.arch}")
+        if tuple(init.size) != (config.size, config.size):
+            raise TrainError(f"{where} takes {init.size[0]}x{init.size[1]} input; this run is --size {config.size}")
+        ids = {ClassMap.key(name): i for i, name in enumerate(self.classes)}
+        missing = [name for name in init.classes if ClassMap.key(name) not in ids]
+        if missing:
+            raise TrainError(f"{where} has classes this run lacks: {', '.join(missing)} (it has "
+                             f"{', '.join(init.classes)}; this run {', '.join(self.classes)}): "
+                             "--init needs the same classes or more")
+        rows = [(0, 0)] + [(1 + old, 1 + ids[ClassMap.key(name)]) for old, name in enumerate(init.classes)]
+        self.net(mx.nd.zeros((1, 3, config.size, config.size)))     # gives the parameters their shapes
+        copy_weights(self.net, init.params, rows, len(init.classes) + 1, where)
+        self.init_note = (f"init: {len(init.classes)} of {len(self.classes)} classes from {path}"
+                          + (f" (epoch {init.epoch})" if init.epoch else ""))
+        return self.init_note
 
     @property
     def best(self):
@@ -178,6 +210,94 @@ class Trainer:
                 if k in ("map50", "map50_voc07", "map_coco")}
 
 
+@dataclasses.dataclass
+class Init:
+    """Weights to start a run from, and what they fit."""
+    params: Path
+    classes: list
+    arch: str           # None when the package does not say
+    size: tuple         # (width, height)
+    epoch: int          # the epoch they come from, None when unknown
+
+
+def find_init(path):
+    """The Init of a run folder (weights/best.params, args.yaml) or a model package (model.json)."""
+    path = Path(path)
+    if (path / MODEL_JSON).is_file():
+        try:
+            package = load_package(path)
+        except ModelError as exc:
+            raise TrainError(f"--init: {exc}") from None
+        source = package.source if isinstance(package.source, dict) else {}
+        recipe = source.get("recipe") if isinstance(source.get("recipe"), dict) else {}
+        return Init(package.params_path, package.classes, recipe.get("arch") or source.get("arch"),
+                    (package.width, package.height), (source.get("metrics") or {}).get("epoch"))
+    if (path / ARGS).is_file():
+        if not (path / "weights/best.params").is_file():
+            raise TrainError(f"--init {path}: no weights/best.params (the run has not finished an epoch)")
+        config = TrainConfig.load(path / ARGS)
+        try:
+            epoch = max(json.loads((path / STATE).read_text(encoding="utf-8"))["history"], key=fitness)["epoch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            epoch = None
+        return Init(path / "weights/best.params", list(config.classes or []), config.arch,
+                    (config.size, config.size), epoch)
+    raise TrainError(f"--init {path}: neither a run folder (args.yaml, weights/best.params) "
+                     f"nor a model package ({MODEL_JSON})")
+
+
+def _unprefixed(names):
+    """{name without the prefix all `names` share: name}. An export names parameters after the
+    net's instance ("ssd0_conv0_weight"), whose counter depends on how many nets a process built."""
+    common = os.path.commonprefix(list(names))
+    cut = max(common.rfind("_"), common.rfind(".")) + 1
+    return {name[cut:]: name for name in names}
+
+
+def copy_weights(net, params_file, rows, old_count, where):
+    """Load `params_file` (saved by save_parameters, or exported: "arg:"/"aux:" names) into `net`;
+    class-head channels move from class index `old` to `new` for each (old, new) in `rows`
+    (the head's channels are anchor-major, `old_count` classes per anchor there). Every other
+    parameter must match by name and shape: a different network fails here, loudly.
+
+    A class without an old row keeps its fresh weights plus background's, with background's
+    bias less log(100): a fresh logit near 0 would outbid the trained ones and change every
+    old detection, whereas this starts the class at 1/100 of background's odds."""
+    try:
+        saved = mx.nd.load(str(params_file))
+    except mx.MXNetError as exc:
+        raise TrainError(f"{where}: cannot read {params_file} ({str(exc).strip().splitlines()[-1]})") from None
+    exported = {k.split(":", 1)[1]: v for k, v in saved.items() if k.startswith(("arg:", "aux:"))}
+    targets = net.collect_params() if exported else net._collect_params_with_prefix()
+    source = {short: (exported or saved)[name] for short, name in _unprefixed(exported or saved).items()}
+    targets = {short: targets[name] for short, name in _unprefixed(targets).items()}
+    matched = [name for name in targets if name in source]
+    if not matched:
+        raise TrainError(f"{where}: none of its {len(source)} parameters is one of this {net.arch.name} network's "
+                         f"(it has e.g. {next(iter(source), '-')}, this network {next(iter(targets))}): "
+                         "a different architecture")
+    if len(matched) < len(targets):
+        lacking = [name for name in targets if name not in source]
+        raise TrainError(f"{where}: lacks {len(lacking)} of the {len(targets)} parameters of this {net.arch.name} "
+                         f"network (e.g. {lacking[0]}): a different architecture")
+    heads = {id(p) for head in net.class_heads for p in (head.weight, head.bias)}
+    per_cell = net.arch.anchors_per_cell
+    for name, param in targets.items():
+        value, head = source[name], id(param) in heads
+        expected = (per_cell * old_count, *param.shape[1:]) if head else param.shape
+        if value.shape != expected:
+            raise TrainError(f"{where}: {name} is {value.shape} there, {expected} expected for this "
+                             f"{net.arch.name} network and {old_count - 1} classes: a different architecture")
+        if head:
+            old = value.asnumpy().reshape(per_cell, old_count, *value.shape[1:])
+            new = param.data().asnumpy().reshape(per_cell, -1, *value.shape[1:])
+            fresh = sorted(set(range(new.shape[1])) - {n for _, n in rows})
+            new[:, fresh] += old[:, :1] - (math.log(100) if len(param.shape) == 1 else 0)   # 1-D: the bias
+            new[:, [n for _, n in rows]] = old[:, [o for o, _ in rows]]
+            value = mx.nd.array(new.reshape(param.shape))
+        param.set_data(value)
+
+
 class GluonModel:
     """The trainer's in-memory device graph in the shape core.detector.Detector runs."""
 
@@ -188,10 +308,16 @@ class GluonModel:
         return {"detection": self.deploy(mx.nd.array(batch)).asnumpy()}
 
 
-def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resume=False, callbacks=None):
+def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resume=False, callbacks=None,
+                init=None):
     """Read the manifests, fit (or continue) runs/<name>/, export the best weights as
-    `model/` (DeepLens package) and `model.tar.gz` (SageMaker layout). Returns (trainer, package)."""
+    `model/` (DeepLens package) and `model.tar.gz` (SageMaker layout). Returns (trainer, package).
+
+    `init` (or config.init): a run folder or package to start from instead of random weights
+    (Trainer.load_init); a resumed run continues from its own weights instead."""
     run_dir = Path(runs_dir) / config.name
+    if init is not None:
+        config.init = str(init)
     if resume:
         if not (run_dir / ARGS).is_file():
             raise TrainError(f"{run_dir}: no run to resume (no {ARGS})")
@@ -207,10 +333,12 @@ def train_local(config, train_manifest, val_manifest=None, runs_dir="runs", resu
     config.classes = classes
     if callbacks is None:
         callbacks = [cb.ProgressBar(), cb.CSVLogger(), cb.EarlyStopping(config.patience),
-                     cb.TimeBudget(config.time_budget), cb.Plots()]
+                     cb.TimeBudget(config.time_budget), cb.StopRequest(), cb.Plots()]
     trainer = Trainer(config, train_samples, val_samples, classes, run_dir, callbacks)
     if resume:
         trainer.restore()
+    elif config.init:
+        click.echo(trainer.load_init(config.init), err=True)
     trainer.save_args()
     trainer.fit()
     best = trainer.best
