@@ -286,3 +286,43 @@ def test_a_wrong_token_and_a_device_that_is_gone_say_so(studio, edge_service, du
     gone = studio.get(f"/api/devices/{device_id}/status")
     assert gone.status_code == 502 and gone.json["error"]["code"] == "device_unreachable"
     assert studio.get("/api/devices/nothing/status").status_code == 404
+
+
+# -- training runs ----------------------------------------------------------------------------------------
+def wait_run(studio, name, until=("done", "stopped", "failed"), timeout=120, condition=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = studio.get(f"/api/runs/{name}").json
+        if run["state"] in until or (condition and condition(run)):
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {name} still {run['state']} after {timeout}s")
+
+
+def test_a_run_trains_in_a_child_process_stops_on_request_and_is_evaluated(studio):
+    assert studio.post("/api/runs", json={"name": "first", "minutes": 5, "arch": "tiny"}).status_code == 201
+    assert studio.post("/api/runs", json={"name": "first"}).status_code == 409
+    running = wait_run(studio, "first", condition=lambda run: len(run["metrics"]) >= 2)
+    assert running["state"] == "running" and {"loss", "map50"} <= set(running["metrics"][0])
+    assert studio.post("/api/runs/first/stop").json["state"] == "stopping"
+    run = wait_run(studio, "first")
+    assert run["state"] == "stopped", run["reason"]
+    assert run["package"]["classes"] == ["note_2000", "note_1000"]
+    assert {"map50", "per_class", "confusion", "best_threshold"} <= set(run["evaluation"])
+    assert studio.get("/api/runs/first/pr.png").mimetype == "image/png"
+    assert (studio.project / "runs" / "first" / "model" / "model.json").is_file()
+    assert "run:first" in [m["id"] for m in studio.get("/api/models").json]
+
+    # A run that cannot start from the earlier one fails with the trainer's reason.
+    assert studio.post("/api/runs", json={"name": "second", "minutes": 1, "arch": "mobilenet", "init": "first"}) \
+        .status_code == 201
+    failed = wait_run(studio, "second")
+    assert failed["state"] == "failed" and "'tiny' model" in failed["reason"]
+
+
+def test_a_run_needs_labelled_frames_and_sane_options(tmp_path):
+    client = create_app(tmp_path / "empty").test_client()
+    assert client.post("/api/runs", json={"name": "x"}).json["error"]["code"] == "too_few_labels"
+    assert client.post("/api/runs", json={"name": "../x"}).status_code == 400
+    assert client.post("/api/runs", json={"name": "x", "arch": "huge"}).status_code == 400
+    assert client.post("/api/runs", json={"name": "x", "init": "nothing"}).status_code == 400
