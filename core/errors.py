@@ -1,8 +1,8 @@
 """The project's domain errors: one base, and a kind for each way a request can fail.
 
 Domain code (model store, threshold, model manager, packages, cameras) says what went wrong and
-never how to answer it: the REST API maps each kind to an HTTP status in one place
-(edge/app.py), the MQTT command path logs the refusal, the CLI prints the message and exits 1.
+never how to answer it: the web APIs map each kind to an HTTP status in one place
+(core/httperrors.py), the MQTT command path logs the refusal, the CLI prints the message and exits 1.
 `code` is a stable machine-readable name of the case, `field` the input at fault (if any).
 """
 

@@ -1,41 +1,23 @@
-"""The Flask app factory: one blueprint per resource, and the one place where errors become HTTP.
-
-Domain code raises core.errors kinds and never names a status; STATUS maps each kind to one
-(the most specific class wins), so every route answers the same error for the same fault:
-`{"error": {"code", "message", "field"?}}` (docs/rest-api.md).
+"""The Flask app factory: one blueprint per resource. Errors become HTTP in core.httperrors (the one
+mapping both web apps share): domain code raises core.errors kinds and never names a status, so every
+route answers the same `{"error": {"code", "message", "field"?}}` for the same fault (docs/rest-api.md).
 """
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, request
 
-from core.errors import (Conflict, DeepLensError, DiskFull, InvalidInput, ModelError, NotFound, TooLarge,
-                         Unavailable)
+from core.errors import TooLarge
+from core.httperrors import install
 
-from .api import MAX_JSON_BYTES, ApiError, capture, models, openapi, require_token, status, threshold, view
+from .api import MAX_JSON_BYTES, capture, models, openapi, page, require_token, status, threshold, view
 
-PUBLIC = {"status.health", "openapi.openapi"}  # what answers without the token even when reads need it
-STATUS = {InvalidInput: 400, NotFound: 404, Conflict: 409, TooLarge: 413, ModelError: 422,
-          Unavailable: 503, DiskFull: 507}
-
-
-def http_status(exc):
-    """The HTTP status of a domain error: its own for an ApiError, else its nearest kind's in STATUS."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)
-
-
-def error_body(exc):
-    body = {"code": exc.code, "message": exc.message}
-    if exc.field:
-        body["field"] = exc.field
-    return {"error": body}
+# What answers without the token even when reads need it (the page holds no data: it asks for the token).
+PUBLIC = {"status.health", "openapi.openapi", "page.index", "page.asset"}
 
 
 def create_app(runtime):
     """`runtime` (edge.runtime.Runtime) holds the camera, loop, threshold, model manager and publisher."""
-    app = Flask("edge")
+    app = Flask("edge", static_folder=None)  # the page's files come from edge/api/page.py
     app.extensions["deeplens"] = runtime
-    for module in (capture, models, openapi, status, threshold, view):
+    for module in (capture, models, openapi, page, status, threshold, view):
         app.register_blueprint(module.blueprint)
 
     @app.before_request
@@ -54,19 +36,5 @@ def create_app(runtime):
                            f"{MAX_JSON_BYTES}", "body_too_large")
         request.max_content_length = MAX_JSON_BYTES  # a chunked body is cut there as it is read
 
-    @app.errorhandler(DeepLensError)
-    def domain_error(exc):
-        return jsonify(error_body(exc)), http_status(exc)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        code = exc.name.lower().replace(" ", "_")
-        return jsonify({"error": {"code": code, "message": exc.description}}), exc.code
-
-    @app.errorhandler(Exception)
-    def internal_error(exc):  # the exception's text stays in the log: it may name internal paths
-        app.logger.exception("request failed")
-        return jsonify({"error": {"code": "internal_error", "message": "the device failed on this request; "
-                                  "its log says why"}}), 500
-
+    install(app, "the device failed on this request; its log says why")
     return app

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from edge_service import EdgeService
-from core.package import write_package
+from core.package import load_package, write_package
+from edge.store import unpack
 
 TOKEN = "t0ken-for-tests"
 SMALL = ("--frame-size", "640x360", "--broker", "none")
@@ -191,6 +192,24 @@ def test_multipart_upload_then_again_as_a_body_then_delete(service, packages):
     assert requests.delete(f"{service.url}/models/{packages['c'].version}", headers=auth(), timeout=10).ok
     assert packages["c"].version not in {e["version"] for e in service.get("/models").json()["versions"]}
     assert post(service, "/models/ffffffffffff/activate").status_code == 404
+
+
+def test_archive_round_trips_the_stored_package(service, packages, tmp_path):
+    """GET /models/<version>/archive gives the package back as POST /models takes it, so a laptop
+    can run the device's model: unpacked with the device's own checks, it loads and verifies."""
+    package = packages["a"]
+    response = requests.get(f"{service.url}/models/{package.version}/archive", timeout=30)  # a read: no token on loopback
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/gzip"
+    assert f'filename="{package.name}-{package.version}.tar.gz"' in response.headers["Content-Disposition"]
+    archive, folder = tmp_path / "device.tar.gz", tmp_path / "unpacked"
+    archive.write_bytes(response.content)
+    folder.mkdir()
+    names = unpack(archive, folder, 10 << 20)
+    assert sorted(names) == sorted(["model.json", *package.files])
+    loaded = load_package(folder, verify=True)
+    assert (loaded.name, loaded.version, loaded.classes) == (package.name, package.version, package.classes)
+    missing = requests.get(f"{service.url}/models/ffffffffffff/archive", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_version"
 
 
 def test_without_a_configured_token_mutations_are_403_with_the_way_out(tmp_path, packages):

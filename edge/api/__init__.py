@@ -12,7 +12,7 @@ MAX_JSON_DEPTH = 8  # a threshold document nests 2 levels
 
 class ApiError(DeepLensError):
     """A refusal that only the REST API knows (a missing or wrong token), with its HTTP `status`.
-    Domain refusals are core.errors kinds, mapped to a status in edge/app.py."""
+    Domain refusals are core.errors kinds, mapped to a status in core/httperrors.py."""
 
     def __init__(self, status, code, message, field=None):
         super().__init__(message, code=code, field=field)

@@ -1,4 +1,5 @@
-"""The model store over REST: GET /models; upload, activate, roll back and delete with the token.
+"""The model store over REST: GET /models and a version's archive; upload, activate, roll back and
+delete with the token.
 
 An upload is streamed into a staging folder inside the store (never into memory), unpacked
 with every member checked, verified against the SHA-256 manifest of its model.json, loaded
@@ -7,10 +8,13 @@ Whatever fails, the staging folder goes and the store is as it was.
 """
 import errno
 import logging
+import os
+import tarfile
+import zlib
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from core.errors import DiskFull, InvalidInput, ModelError, StorageError
+from core.errors import DiskFull, InvalidInput, ModelError, NotFound, StorageError
 from core.package import MODEL_JSON, load_package
 
 from ..store import MB, UploadTooLarge, unpack
@@ -28,6 +32,40 @@ def list_models():
     return jsonify({"active": pointer["version"], "trial": pointer["trial"], "previous": pointer["previous"],
                     "rollback_to": rt.store.rollback_target(pointer), "keep": rt.store.keep,
                     "versions": [e.to_json() for e in reversed(rt.store.entries())]})
+
+
+@blueprint.get("/models/<version>/archive")
+def archive(version):
+    """The stored package as .tar.gz (its files at the top level, as POST /models takes it), so a
+    laptop tool can run the device's model. Packed as it is sent: one chunk in memory, whatever the size."""
+    entry = runtime().store.require(version)
+    names = [MODEL_JSON, *sorted(entry.meta.get("files") or {})]
+    files = []
+    try:  # opened now: a delete racing the download cannot cut it short (the open files stay readable)
+        for name in names:
+            files.append((name, open(entry.folder / name, "rb")))
+    except FileNotFoundError:
+        for _, handle in files:
+            handle.close()
+        raise NotFound(f"model version {version!r} was deleted meanwhile", "unknown_version") from None
+    response = Response(_tar_gz(files), mimetype="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{entry.folder.name}.tar.gz"'})
+    response.call_on_close(lambda: [f.close() for _, f in files])
+    return response
+
+
+def _tar_gz(files):
+    """A gzip'd ustar stream of (name, open file) pairs, chunk by chunk."""
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+    for name, handle in files:
+        info = tarfile.TarInfo(name)
+        stat = os.fstat(handle.fileno())
+        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+        yield gz.compress(info.tobuf(tarfile.USTAR_FORMAT))
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            yield gz.compress(block)
+        yield gz.compress(b"\0" * (-info.size % tarfile.BLOCKSIZE))
+    yield gz.compress(b"\0" * (2 * tarfile.BLOCKSIZE)) + gz.flush()
 
 
 @blueprint.post("/models")

@@ -1,11 +1,12 @@
 """GET /stream and /frame.jpg: the live view, with boxes and labels drawn and the region the model
-sees outlined (never used for training). Streams are long-lived responses (edge/live.py): a
-bounded pool, per-client limits, and one JPEG encode per frame and size for every viewer."""
+sees outlined (never used for training); GET /detections: the same frame's detections as JSON.
+Streams are long-lived responses (edge/live.py): a bounded pool, per-client limits, and one JPEG
+encode per frame and size for every viewer."""
 import logging
 import time
 
 import cv2
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify
 
 from core.errors import Unavailable
 
@@ -59,6 +60,30 @@ def frame_jpg():
     result = _latest(rt)
     return Response(jpeg(live(), result, opts["size"]), mimetype="image/jpeg",
                     headers={"X-Frame-Seq": str(result.frame.seq), "Cache-Control": "no-store"})
+
+
+@blueprint.get("/detections")
+def detections():
+    """What the live view draws, as data: a page or tool lists it without decoding images."""
+    rt = runtime()
+    result = _latest(rt)
+    height, width = result.frame.image.shape[:2]
+    region = [round(v, 5) for v in result.region] if result.region else None
+    return jsonify({"seq": result.frame.seq, "ts": result.frame.ts, "model": _model(rt, result.model_version),
+                    "region": region, "frame": {"width": width, "height": height},
+                    "detections": result.detections})
+
+
+def _model(rt, version):
+    """{name, version} of the model that produced a result: the serving one, or (just after a swap)
+    the stored version it names."""
+    if version is None:
+        return None
+    detector = rt.manager.detector
+    if detector is not None and detector.version == version:
+        return {"name": detector.name, "version": version}
+    entry = rt.store.get(version)
+    return {"name": entry.meta.get("name") if entry else None, "version": version}
 
 
 @blueprint.get("/stream")
