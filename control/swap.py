@@ -56,31 +56,37 @@ def _archive_meta(archive):
         raise DeviceError(f"{archive}: not a package archive with {MODEL_JSON} ({exc or 'missing'})") from None
 
 
-def swap(client, path, activate=True, wait=60.0, progress=None, progress_start=None):
+def swap(client, path, activate=True, wait=60.0, progress=None, progress_start=None, phase=None):
     """Upload a package (folder, run folder or archive), activate it, and wait for the device to
     call it healthy and for its first detections. Returns a summary dict; DeviceError otherwise.
 
-    `progress_start(total_bytes)` and `progress(bytes)` drive a progress bar.
+    `progress_start(total_bytes)` and `progress(bytes)` drive a progress bar; `phase(name)` is
+    told each step as it begins: upload, activate, health, detections.
     """
+    phase = phase or (lambda name: None)
     with packed(path) as (archive, meta), contextlib.ExitStack() as stack:
         watcher = stack.enter_context(Watcher(client)) if activate and wait else None
         if progress_start:
             progress_start(os.path.getsize(archive))
         started = time.monotonic()
+        phase("upload")
         stored = client.upload(archive, progress)
         result = {"version": stored["version"], "stored": stored}
         if not activate:
             return result
+        phase("activate")
         models = client.activate(stored["version"])
         result["swap"] = models["last_swap"]
         if watcher is None:
             return result
         deadline = started + wait
+        phase("health")
         result["status"] = watcher.wait_outcome(models["last_swap"], deadline)["models"]
         result["over_mqtt"] = watcher.over_mqtt
         if watcher.problem:
             result["mqtt_problem"] = watcher.problem
         if watcher.over_mqtt:
+            phase("detections")
             arrived, event = watcher.first_detections(stored["version"], max(deadline, time.monotonic() + 5))
             if event is not None:
                 result["first_detections"] = event

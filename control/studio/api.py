@@ -177,14 +177,10 @@ def deploy(name):
     client = s.devices.client(body("device")["device"])
 
     def work(job):
-        job.update(phase="upload", sent=0, total=None)
-        result = swap(client, folder, wait=60,
-                      progress_start=lambda total: job.update(total=total),
-                      progress=lambda n: job.update(sent=job.progress["sent"] + n,
-                                                    phase="upload" if job.progress["sent"] + n < (job.progress["total"] or 1)
-                                                    else "health"))
-        job.update(phase="detections" if result.get("first_detections") else "health")
-        return result
+        job.update(phase="upload", done=0, total=None)
+        return swap(client, folder, wait=60, phase=lambda name: job.update(phase=name),
+                    progress_start=lambda total: job.update(total=total),
+                    progress=lambda n: job.update(done=job.progress["done"] + n))
     return jsonify({"job": s.jobs.start("deploy", work).id}), 202
 
 

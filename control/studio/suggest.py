@@ -3,13 +3,13 @@
 A model is the package of a finished run (`run:<name>`) or a device's active model
 (`device:<id>`), fetched once per version into .studio/models/. Detections run through the one
 detection path (core.detector) with the whole frame in view (crop stretch), and their classes
-are matched by name onto the project's.
+are matched by name onto the project's. MXNet is loaded with the first model, not before: a
+studio that only labels stays small.
 """
 import collections
 import tarfile
 import threading
 
-from core.detector import Detector, to_pixels
 from core.errors import InvalidInput, ModelError, NotFound
 from core.package import MODEL_JSON, load_package
 
@@ -67,6 +67,7 @@ class Suggestions:
         return folder
 
     def detector(self, model_id):
+        from core.detector import Detector
         folder = self.folder(model_id)
         key = (model_id, str(folder))
         with self._lock:
@@ -81,6 +82,7 @@ class Suggestions:
             return self._detectors[key]
 
     def suggest(self, name, model_id, threshold=0.3):
+        from core.detector import to_pixels
         if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise InvalidInput(f"threshold must be between 0 and 1, got {threshold!r}", field="threshold")
         detector = self.detector(model_id)
