@@ -153,11 +153,11 @@ class Editor:
 
     def open(self, name):
         self.page.locator(f'#gallery .thumb[data-name="{name}"]').click()
-        self.page.wait_for_function(
-            "name => document.querySelector('#editor-frame').textContent === name && "
-            "document.querySelector('#editor-canvas').dataset.zoom", arg=name)
-        # the frame's labels are on the canvas once the box list names it
-        self.page.wait_for_selector("#box-list li")
+        self.shown(name)
+
+    def shown(self, name):
+        """Wait until `name` is fully open: its labels and pixels on the canvas."""
+        self.page.wait_for_selector(f'#editor-canvas[data-frame="{name}"]')
 
 
 def open_label(page, studio):

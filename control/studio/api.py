@@ -12,6 +12,7 @@ from ..dataset.pull import Puller
 from ..swap import swap
 
 MAX_JSON_BYTES = 256 * 1024
+DEPLOY_WAIT_S = 30  # for the health gate, then for first detections (a weak model may find nothing)
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 
@@ -151,7 +152,7 @@ def runs():
 @blueprint.post("/runs")
 def start_run():
     doc = body("name")
-    options = {k: doc[k] for k in ("minutes", "arch", "flip", "init") if doc.get(k) is not None}
+    options = {k: doc[k] for k in ("minutes", "arch", "flip", "init", "size") if doc.get(k) is not None}
     return jsonify(studio().runs.start(doc["name"], **options)), 201
 
 
@@ -178,7 +179,7 @@ def deploy(name):
 
     def work(job):
         job.update(phase="upload", done=0, total=None)
-        return swap(client, folder, wait=60, phase=lambda name: job.update(phase=name),
+        return swap(client, folder, wait=DEPLOY_WAIT_S, phase=lambda name: job.update(phase=name),
                     progress_start=lambda total: job.update(total=total),
                     progress=lambda n: job.update(done=job.progress["done"] + n))
     return jsonify({"job": s.jobs.start("deploy", work).id}), 202

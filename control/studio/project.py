@@ -53,6 +53,7 @@ class Project:
         self._frames, self._frames_stamp = {}, None
         self._labels, self._foreign, self._stamp = {}, [], None
         self._problems, self._problems_stamp = None, None
+        self._group_of, self._groups_stamp = {}, None
         self._settings = self._read_settings()
         self._load_labels()
 
@@ -315,10 +316,14 @@ class Project:
                  "problems": problems.get(f.name, []), "group": groups[f.name]} for f in page]}
 
     def _groups(self, frames):
-        """Near-duplicate group numbers (the pull's dhash distance), numbered in frame order."""
-        ids = group_near_duplicates([f.dhash for f in frames], DUPLICATE_BITS)
-        numbers = {}
-        return {f.name: numbers.setdefault(g, len(numbers)) for f, g in zip(frames, ids)}
+        """Near-duplicate group numbers (the pull's dhash distance), numbered in frame order; kept
+        until the frames change."""
+        if self._groups_stamp != self._frames_stamp:
+            ids = group_near_duplicates([f.dhash for f in frames], DUPLICATE_BITS)
+            numbers = {}
+            self._group_of = {f.name: numbers.setdefault(g, len(numbers)) for f, g in zip(frames, ids)}
+            self._groups_stamp = self._frames_stamp
+        return self._group_of
 
     def problems(self):
         """{frame name: [messages]} of errors: broken frames and what `manifest validate` finds."""

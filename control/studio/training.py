@@ -45,7 +45,7 @@ class Runs:
             raise InvalidInput(f"a run name is letters, digits, '_', '.' and '-' (up to 64), got {name!r}", field="name")
         return self.folder / name
 
-    def start(self, name, minutes=1.0, arch="mobilenet", flip="mirror", init=None):
+    def start(self, name, minutes=1.0, arch="mobilenet", flip="mirror", init=None, size=300):
         run_dir = self._run_dir(name)
         if run_dir.exists():
             raise Conflict(f"a run named {name!r} exists already: pick another name", "run_exists", "name")
@@ -53,6 +53,8 @@ class Runs:
             raise InvalidInput(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}", field="arch")
         if flip not in FLIPS:
             raise InvalidInput(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}", field="flip")
+        if not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 1024:
+            raise InvalidInput(f"size must be a whole number of pixels from 64 to 1024, got {size!r}", field="size")
         if not isinstance(minutes, (int, float)) or not 0 < minutes <= 24 * 60:
             raise InvalidInput(f"minutes must be above 0 (at most a day), got {minutes!r}", field="minutes")
         init_path = self._init_path(init)
@@ -67,7 +69,7 @@ class Runs:
             val_set = train_set
         sagemaker.write(train_set, str(run_dir / "train.manifest"))
         sagemaker.write(val_set, str(run_dir / "val.manifest"))
-        options = {"name": name, "minutes": float(minutes), "arch": arch, "flip": flip,
+        options = {"name": name, "minutes": float(minutes), "arch": arch, "flip": flip, "size": size,
                    "init": str(init_path) if init_path else None, "classes": dataset.classes,
                    "frames": {"train": len(train_set.images), "val": len(val_set.images)}}
         log = open(run_dir / LOG, "ab")
@@ -203,7 +205,7 @@ def main(run_dir):
         from ..train.data import read_manifest
         from ..train.inference import evaluate_model
         from ..train.trainer import train_local
-        config = TrainConfig(name=run_dir.name, arch=options["arch"], flip=options["flip"],
+        config = TrainConfig(name=run_dir.name, arch=options["arch"], flip=options["flip"], size=options["size"],
                              time_budget=options["minutes"], classes=options["classes"])
         val = run_dir / "val.manifest"
         trainer, package = train_local(config, run_dir / "train.manifest", val, runs_dir=run_dir.parent,

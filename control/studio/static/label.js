@@ -277,6 +277,7 @@ function loadImage(name) {
 async function openFrame(name) {
   const token = ++openToken;
   openName = name;
+  delete $('#editor-canvas').dataset.frame;  // set again once this frame is fully open
   ctx.setRoute('label', name);
   $('#label-layout').classList.add('editing');
   $('#editor').hidden = false;
@@ -289,15 +290,14 @@ async function openFrame(name) {
     el.scrollIntoView({ block: 'nearest' });
   }
   positionText();
-  let doc;
-  try {
-    [doc] = await Promise.all([get(`/api/frames/${enc(name)}/labels`)]);
+  let doc, image;
+  try {  // labels and pixels at once: opening costs one round trip, not two
+    [doc, image] = await Promise.all([get(`/api/frames/${enc(name)}/labels`), loadImage(name)]);
   } catch (exc) {
     if (token !== openToken) return;
     say($('#editor-message'), `cannot open ${name}: ${describe(exc)}`, 'error');
     return;
   }
-  const image = await loadImage(name);
   if (token !== openToken) return;
   let s = sessions.get(name);
   if (!s) {
@@ -329,6 +329,7 @@ async function openFrame(name) {
   renderProblems();
   say($('#suggest-message'), '');
   $('#editor-canvas').focus({ preventScroll: true });
+  $('#editor-canvas').dataset.frame = name;
   if ($('#auto-suggest').checked && !s.proposals.length && $('#suggest-model').value) suggest(true);
   const index = frames.findIndex((f) => f.name === name);
   if (index >= 0 && frames[index + 1]) new Image().src = `/api/frames/${enc(frames[index + 1].name)}/image`;

@@ -183,6 +183,7 @@ async function start(event) {
     name: $('#train-name').value.trim(),
     minutes: Number($('#train-minutes').value) || 1,
     arch: $('#train-arch').value,
+    size: Number($('#train-size').value) || 300,
     flip: $('#train-flip').value,
     init: $('#train-init').value || null,
   };
