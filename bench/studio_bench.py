@@ -6,8 +6,9 @@ Figures, each beside its baseline measured in the same run:
 - gallery first paint: from navigation to the first screen of thumbnails decoded, in a browser
   with an empty cache; the first time also while the studio makes the thumbnails (baseline: the
   browser loading one of the studio's JSON documents);
-- opening a frame in the editor: from the click on its thumbnail to its labels on the canvas
-  (baseline: GET of the frame's image and labels from Python);
+- opening a frame in the editor: from the click on its thumbnail to its labels and pixels on the
+  canvas, timed in the page; the first open separately (baseline: GET of the frame's image and
+  labels from Python);
 - saving a change: PUT of one frame's labels, p50 / p99 over --saves edits from Python (baseline:
   an atomic write of a manifest of the same size, core.fileio);
 - suggestions for one frame: POST .../suggest with the default architecture (mobilenet SSD at
@@ -102,12 +103,19 @@ def json_paint(page, url):
     return (time.perf_counter() - started) * 1000
 
 
+OPEN_JS = """name => new Promise(resolve => {
+  const started = performance.now();
+  document.querySelector(`#gallery .thumb[data-name="${name}"]`).click();
+  const shown = () => document.querySelector('#editor-canvas').dataset.frame === name
+    ? resolve(performance.now() - started) : requestAnimationFrame(shown);
+  shown();
+})"""
+
+
 def open_frame(page, name):
-    """Click on a thumbnail to the frame's labels on the canvas, in ms."""
-    started = time.perf_counter()
-    page.locator(f'#gallery .thumb[data-name="{name}"]').click()
-    page.wait_for_selector(f'#editor-canvas[data-frame="{name}"]')
-    return (time.perf_counter() - started) * 1000
+    """A click on a thumbnail to the frame's labels and pixels on the canvas, in ms, timed in the
+    page (what a person waits; the test driver's own round trips are not in it)."""
+    return page.evaluate(OPEN_JS, name)
 
 
 def main(argv=None):
@@ -115,7 +123,7 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--saves", type=int, default=200)
     parser.add_argument("--suggestions", type=int, default=50)
-    parser.add_argument("--opens", type=int, default=20)
+    parser.add_argument("--opens", type=int, default=50)
     args = parser.parse_args(argv)
     load_before = machine()["load_avg"]
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
@@ -141,7 +149,6 @@ def main(argv=None):
                 opens, baseline_open = [], []
                 for name in names[:args.opens]:
                     opens.append(open_frame(page, name))
-                    page.keyboard.press("Escape")
                     started = time.perf_counter()
                     http.get(f"{url}/api/frames/{name}/image").raise_for_status()
                     http.get(f"{url}/api/frames/{name}/labels").raise_for_status()
@@ -196,7 +203,8 @@ def main(argv=None):
         "gallery_ms": {"p50": round(statistics.median(gallery), 1), "max": round(max(gallery), 1),
                        "first_ever": round(first_paint, 1),
                        "baseline_json_page_p50": round(statistics.median(baseline_paint), 1)},
-        "open_ms": {"p50": round(statistics.median(opens), 1), "p99": round(percentile(opens, 99), 1),
+        "open_ms": {"first": round(opens[0], 1), "p50": round(statistics.median(opens), 1),
+                    "p99": round(percentile(opens, 99), 1),
                     "baseline_http_p50": round(statistics.median(baseline_open), 1)},
         "save_ms": {"p50": round(statistics.median(saves), 2), "p99": round(percentile(saves, 99), 2),
                     "baseline_atomic_write_p50": round(statistics.median(baseline_saves), 2),
@@ -213,7 +221,8 @@ def main(argv=None):
         {"figure": "gallery first paint, new browser (ms, p50 of 5)", "value": figures["gallery_ms"]["p50"],
          "baseline": figures["gallery_ms"]["baseline_json_page_p50"], "target": "<= 1000",
          "met": figures["gallery_ms"]["p50"] <= 1000},
-        {"figure": "open in editor (ms, p50 / p99)", "value": f"{figures['open_ms']['p50']} / {figures['open_ms']['p99']}",
+        {"figure": "open in editor (ms, first / p50 / p99)",
+         "value": f"{figures['open_ms']['first']} / {figures['open_ms']['p50']} / {figures['open_ms']['p99']}",
          "baseline": figures["open_ms"]["baseline_http_p50"], "target": "<= 150", "met": figures["open_ms"]["p99"] <= 150},
         {"figure": "save a change (ms, p50 / p99)", "value": f"{figures['save_ms']['p50']} / {figures['save_ms']['p99']}",
          "baseline": figures["save_ms"]["baseline_atomic_write_p50"], "target": "<= 50",

@@ -95,7 +95,8 @@ def announcement(config, url, broker_address):
     address as served, `broker_address` HOST:PORT of the MQTT broker (None: no MQTT)."""
     ctl = executable("deeplens-ctl")
     lines = ["deeplens-edge is running:",
-             f"  live view   {url}/stream",
+             f"  page        {url}/   (live view, status, threshold, models)",
+             f"  studio      {executable('deeplens-ctl')} studio notes/   (label, train, deploy: http://127.0.0.1:8090/)",
              f"  a frame     curl {url}/capture -o frame.jpg",
              f"  status      {ctl} status {url}"]
     if broker_address:

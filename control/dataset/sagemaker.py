@@ -148,9 +148,7 @@ def write(dataset, out, attribute=DEFAULT_ATTRIBUTE, s3_prefix=None, images_root
     os.makedirs(folder, exist_ok=True)
     local = [image.path for image in dataset.images if image.path]
     root = images_root or (os.path.commonpath([os.path.dirname(p) for p in local]) if local else folder)
-    metadata = {"class-map": {str(i): name for i, name in enumerate(dataset.classes)},
-                "type": "groundtruth/object-detection", "human-annotated": "yes",
-                "creation-date": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).isoformat()}
+    meta = metadata(dataset.classes)
     with atomic_open(out, "w", encoding="utf-8") as f:
         for image in dataset.images:
             if image.path is None:
@@ -159,13 +157,25 @@ def write(dataset, out, attribute=DEFAULT_ATTRIBUTE, s3_prefix=None, images_root
                 ref = s3_prefix.rstrip("/") + "/" + os.path.relpath(image.path, root).replace(os.sep, "/")
             else:
                 ref = os.path.relpath(image.path, folder)
-            annotations = [{"class_id": dataset.class_id(b.label), "left": pixels(b.xmin), "top": pixels(b.ymin),
-                            "width": pixels(b.width), "height": pixels(b.height)} for b in image.boxes]
-            row = {"source-ref": ref,
-                   attribute: {"image_size": [{"width": image.width, "height": image.height, "depth": image.depth}],
-                               "annotations": annotations},
-                   f"{attribute}-metadata": metadata}
-            f.write(json.dumps(row) + "\n")
+            f.write(line(ref, image, [dataset.class_id(b.label) for b in image.boxes], meta, attribute))
+
+
+def metadata(classes):
+    """The `<attr>-metadata` of every line: the class map, and what Ground Truth writes."""
+    return {"class-map": {str(i): name for i, name in enumerate(classes)},
+            "type": "groundtruth/object-detection", "human-annotated": "yes",
+            "creation-date": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).isoformat()}
+
+
+def line(ref, image, class_ids, meta, attribute=DEFAULT_ATTRIBUTE):
+    """One manifest line (with its newline) for `image`, whose boxes have the ids `class_ids`."""
+    annotations = [{"class_id": class_id, "left": pixels(b.xmin), "top": pixels(b.ymin),
+                    "width": pixels(b.width), "height": pixels(b.height)} for class_id, b in zip(class_ids, image.boxes)]
+    row = {"source-ref": ref,
+           attribute: {"image_size": [{"width": image.width, "height": image.height, "depth": image.depth}],
+                       "annotations": annotations},
+           f"{attribute}-metadata": meta}
+    return json.dumps(row) + "\n"
 
 
 def validate(collector, path, attribute=None, check_pixels=True, progress=None):

@@ -54,6 +54,7 @@ class Project:
         self._labels, self._foreign, self._stamp = {}, [], None
         self._problems, self._problems_stamp = None, None
         self._group_of, self._groups_stamp = {}, None
+        self._lines, self._lines_classes, self._meta = {}, None, None  # name -> (labels entry, manifest line)
         self._settings = self._read_settings()
         self._load_labels()
 
@@ -213,14 +214,24 @@ class Project:
             self._load_labels()
 
     def _write_labels(self):
-        """Rewrite the manifest atomically (core.fileio via the manifest writer)."""
+        """Rewrite the manifest atomically. Each frame's line is made once per change of its labels
+        (or of the classes), so a save costs one line's JSON and one write of the file."""
         classes = self._settings["classes"]
-        images = []
-        for name, (size, boxes) in sorted(self._labels.items()):
-            images.append(Image(str(self.frames_dir / name), size[0], size[1], _boxes(boxes, classes)))
+        if self._lines_classes != classes:
+            self._meta, self._lines, self._lines_classes = sagemaker.metadata(classes), {}, list(classes)
+        text = []
+        for name, entry in sorted(self._labels.items()):
+            cached = self._lines.get(name)
+            if cached is None or cached[0] is not entry:
+                size, boxes = entry
+                image = Image(str(self.frames_dir / name), size[0], size[1], _boxes(boxes, classes))
+                cached = self._lines[name] = (entry, sagemaker.line(f"frames/{name}", image, [b[0] for b in boxes],
+                                                                    self._meta))
+            text.append(cached[1])
         for ref, size, boxes in self._foreign:
-            images.append(Image(None, size[0], size[1], _boxes(boxes, classes), ref=ref))
-        sagemaker.write(Dataset(images, classes), str(self.manifest))
+            image = Image(None, size[0], size[1], _boxes(boxes, classes), ref=ref)
+            text.append(sagemaker.line(ref, image, [b[0] for b in boxes], self._meta))
+        atomic_write_text(self.manifest, "".join(text))
         self._stamp = self._manifest_stamp()
         self._problems = None
 
