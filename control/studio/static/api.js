@@ -11,7 +11,9 @@ export class ApiError extends Error {
 }
 
 export async function api(method, path, body, headers = {}) {
-  const init = { method, headers: { Accept: 'application/json', ...headers }, cache: 'no-store' };
+  // priority high: a page of lazy thumbnails may hold the browser's connections to the studio;
+  // the JSON a person waits for goes first.
+  const init = { method, headers: { Accept: 'application/json', ...headers }, cache: 'no-store', priority: 'high' };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);

@@ -135,12 +135,28 @@ function thumb(frame) {
     onclick: (e) => { if (!e.target.closest('.thumb-exclude')) openFrame(frame.name); },
     onkeydown: (e) => { if (e.key === 'Enter') openFrame(frame.name); },
   },
-  h('img', { src: `/api/frames/${enc(frame.name)}/thumb`, loading: 'lazy', decoding: 'async', alt: frame.name, width: 160, height: 120 }),
+  h('img', { dataset: { src: `/api/frames/${enc(frame.name)}/thumb` }, decoding: 'async', alt: frame.name, width: 160, height: 120 }),
   h('span', { class: `badge ${problems.length ? 'problems' : frame.state || 'unlabelled'}` }, badgeText(frame)),
   filter === 'duplicates' && frame.group !== undefined && frame.group !== null ? h('span', { class: 'group', style: { background: classColor(frame.group) } }, `group ${frame.group}`) : null,
   h('button', { type: 'button', class: 'thumb-exclude', title: 'exclude this frame (moved to excluded/)', onclick: () => exclude([frame.name]) }, '✕'),
   h('span', { class: 'caption' }, frame.name.replace(/\.(jpe?g|png)$/i, '')));
   return el;
+}
+
+// Thumbnails load when they come within a row of the gallery's view: the browser's own lazy
+// loading fetches several screens ahead, and those requests hold its few connections to the
+// studio while a person waits for the frame they clicked.
+let thumbLoader = null;
+function loadThumbsNearView(gallery) {
+  thumbLoader ??= new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      entry.target.src = entry.target.dataset.src;
+      thumbLoader.unobserve(entry.target);
+    }
+  }, { root: gallery, rootMargin: '120px 0px' });
+  thumbLoader.disconnect();
+  for (const img of gallery.querySelectorAll('img[data-src]')) thumbLoader.observe(img);
 }
 
 function renderGallery() {
@@ -154,6 +170,7 @@ function renderGallery() {
     fragment.append(el);
   }
   clear(gallery).append(fragment);
+  loadThumbsNearView(gallery);
   if (!frames.length) gallery.append(h('p', { class: 'muted empty-note' }, filter === 'all' ? 'No frames yet: capture some (Capture tab) or import a folder.' : `No ${filter} frames.`));
   $('#gallery-total').textContent = `${total} ${filter === 'all' ? '' : filter + ' '}frame${total === 1 ? '' : 's'}`;
   $('#gallery-page').textContent = total > PAGE ? `${offset + 1}–${Math.min(offset + PAGE, total)}` : '';
@@ -268,6 +285,7 @@ function loadImage(name) {
   return new Promise((resolve) => {
     const img = new Image();
     img.decoding = 'async';
+    img.fetchPriority = 'high';  // before the gallery's thumbnails still in flight
     img.onload = () => resolve(img);
     img.onerror = () => resolve(img);
     img.src = `/api/frames/${enc(name)}/image`;
