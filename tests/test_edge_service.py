@@ -133,7 +133,7 @@ def test_demo_runs_with_nothing_set_up(tmp_path):
         wait_for_port(port, timeout=60)
         printed = "".join(proc.stdout.readline() for _ in range(7))
         token = (tmp_path / "demo-state" / "demo-token").read_text().strip()
-        assert f"live view   http://127.0.0.1:{port}/stream" in printed
+        assert f"page        http://127.0.0.1:{port}/   (live view, status, threshold, models)" in printed
         assert f"export DEEPLENS_TOKEN={token}" in printed and len(token) >= 16
         status = requests.get(f"http://127.0.0.1:{port}/status", timeout=10).json()
         assert status["model"]["name"] == "demo" and (tmp_path / "demo-artifacts" / "demo" / "model.json").is_file()

@@ -90,7 +90,9 @@ class Project:
 
     def set_classes(self, names):
         """The class list may only grow at its end: ids in the manifest never change meaning."""
-        names = [str(n).strip() for n in names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InvalidInput("classes must be a list of names", field="classes")
+        names = [n.strip() for n in names]
         with self.lock:
             current = self._settings["classes"]
             if names[:len(current)] != current:
