@@ -6,10 +6,11 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="w", **kwargs):
+def atomic_open(path, mode="w", durable=True, **kwargs):
     """Open a temporary file beside `path`; on success fsync and rename it over `path`.
 
-    On an exception the temporary file is removed and `path` is left untouched.
+    On an exception the temporary file is removed and `path` is left untouched. `durable=False`
+    skips the fsyncs, for caches that may be lost in a power cut but must never be read half-written.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -19,17 +20,19 @@ def atomic_open(path, mode="w", **kwargs):
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(folder)
+        if durable:
+            fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_bytes(path, data):
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path, data, durable=True):
+    with atomic_open(path, "wb", durable=durable) as f:
         f.write(data)
 
 

@@ -140,6 +140,8 @@ def capture():
         start = puller.kept
         job.update(done=0, total=count, phase="capture")
         stats = puller.run(count=start + count, on_frame=lambda kept: job.update(done=kept - start))
+        job.update(phase="thumbnails")
+        s.project.make_thumbnails()
         return {"new": stats["new"], "duplicates": stats["duplicates"], "rejected": stats["rejected"]}
     return jsonify({"job": s.jobs.start("capture", work).id}), 202
 

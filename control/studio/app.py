@@ -1,5 +1,6 @@
 """The studio's Flask app: one page (static/, plain JavaScript modules) over the JSON API (api.py)."""
 import dataclasses
+import threading
 from pathlib import Path
 
 from flask import Flask, send_from_directory
@@ -29,6 +30,7 @@ class Studio:
     def open(cls, folder):
         project = Project(folder)
         devices, runs = Devices(project), Runs(project)
+        threading.Thread(target=project.make_thumbnails, name="thumbnails", daemon=True).start()
         return cls(project, devices, runs, Suggestions(project, devices, runs), Jobs())
 
 

@@ -168,17 +168,28 @@ class Project:
     def image_path(self, name):
         return self.frames_dir / self.frame(name).name
 
-    def thumbnail(self, name):
-        """A JPEG at most THUMB_WIDTH wide, made once and kept under .studio/thumbs/."""
+    def thumbnail(self, name, pixels=None):
+        """A JPEG at most THUMB_WIDTH wide, made once and kept under .studio/thumbs/ (`pixels`:
+        the image when the caller has it decoded already)."""
         source = self.image_path(name)
         thumb = self.cache_dir / "thumbs" / (name + ".jpg")
         if not thumb.is_file() or thumb.stat().st_mtime_ns < source.stat().st_mtime_ns:
-            pixels = read_image(str(source))
+            pixels = read_image(str(source)) if pixels is None else pixels
             scale = min(1.0, THUMB_WIDTH / pixels.shape[1])
             small = cv2.resize(pixels, (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
-            atomic_write_bytes(thumb, cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+            atomic_write_bytes(thumb, cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes(),
+                               durable=False)  # a cache: made again if a power cut loses it
         return thumb
+
+    def make_thumbnails(self):
+        """Thumbnails of every frame that has none yet (frames pulled on the command line, a
+        capture just done), so that the gallery does not wait for them."""
+        for name in list(self.frames()):
+            try:
+                self.thumbnail(name)
+            except (OSError, ValueError, NotFound):  # unreadable, or excluded meanwhile: the gallery says so
+                continue
 
     # -- labels: the manifest --------------------------------------------------------------------
     def _manifest_stamp(self):
@@ -401,6 +412,7 @@ class Project:
                 sidecar = {"file": name, "imported_from": os.path.abspath(image.path), "width": pixels.shape[1],
                            "height": pixels.shape[0], "dhash": f"{dhash(pixels):016x}", "broken": broken or None}
                 atomic_write_text((self.frames_dir / name).with_suffix(".json"), json.dumps(sidecar, indent=1) + "\n")
+                self.thumbnail(name, pixels)
                 added += 1
                 if image.boxes or format != "images":
                     boxes = [(ids[dataset.class_id(b.label)], b.xmin, b.ymin, b.xmax, b.ymax) for b in image.boxes]
