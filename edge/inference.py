@@ -27,9 +27,13 @@ class Result:
 
 
 class InferenceLoop(threading.Thread):
-    def __init__(self, grabber, threshold, publisher, manager, max_event_rate=0.0):
+    def __init__(self, grabber, threshold, publisher, manager, max_event_rate=0.0, observers=()):
+        """`observers`: objects whose observe(frame, detector, detections, kept) sees every frame a
+        model ran on (`detections` down to the threshold's floor, `kept` those that pass it), in
+        the loop's thread, so each must be quick and hand any slow work to a thread of its own."""
         super().__init__(name="inference", daemon=True)
         self.grabber, self.threshold, self.publisher, self.manager = grabber, threshold, publisher, manager
+        self.observers = list(observers)
         self.min_event_gap = 1.0 / max_event_rate if max_event_rate > 0 else 0.0
         self.latest = None
         self.frames_processed = 0
@@ -93,6 +97,8 @@ class InferenceLoop(threading.Thread):
                 detection_event(frame.seq, detector.version, timings["infer"], kept, ts=frame.ts))
             self.publisher.publish_legacy({d["label"]: d["score"] for d in reversed(kept)})
             self.events_published += 1
+        for observer in self.observers:
+            observer.observe(frame, detector, detections, kept)
         timings["publish"] = (time.perf_counter() - t3) * 1000
         for stage, ms in timings.items():
             self.stage_ms[stage].add(ms)
