@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   set everything up and run the edge service on its embedded defaults
-#   make test   set everything up (Debian's mosquitto, iproute2, python3-venv and chromium included) and run the test suite
+#   make test   set everything up (Debian's mosquitto, iproute2, python3-venv, chromium and prometheus's promtool included) and run the test suite
 #   make demo-model  retrain the demo's model (edge/demo_model/) on synthetic frames, about two minutes
 VENV ?= .venv
 PYTHON ?= python3
@@ -19,9 +19,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 system-deps:
 	@command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null && command -v openssl >/dev/null && \
-	  command -v ip >/dev/null && test -x /usr/bin/chromium && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || \
+	  command -v ip >/dev/null && command -v promtool >/dev/null && test -x /usr/bin/chromium && \
+	  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    mosquitto mosquitto-clients openssl iproute2 python3-venv chromium; }
+	    mosquitto mosquitto-clients openssl iproute2 python3-venv chromium prometheus; }
 
 demo: setup
 	$(BIN)/deeplens-edge demo

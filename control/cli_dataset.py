@@ -92,8 +92,12 @@ def _write_manifest(dataset, out, s3_prefix, out_attribute):
               help="Tries per frame on errors, with exponential backoff.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="Seconds per request.")
+@click.option("--worth-labelling", is_flag=True,
+              help="Instead of capturing, fetch the frames the device kept as worth labelling (uncertain, "
+                   "count changed, marked), pre-labelled with its detections; each once (-n caps the folder).")
 @json_option
-def pull(client, out, count, duration, interval_ms, image_format, crop, size, dedup_threshold, retries, timeout, as_json):
+def pull(client, out, count, duration, interval_ms, image_format, crop, size, dedup_threshold, retries, timeout,
+         worth_labelling, as_json):
     """Collect clean frames from a device's /capture into a folder, for labelling.
 
     Frames are saved as frame_NNNNNN.jpg with a frame_NNNNNN.json sidecar (device, time,
@@ -101,13 +105,21 @@ def pull(client, out, count, duration, interval_ms, image_format, crop, size, de
     kept frames are skipped, and frames with a flat band (a broken capture) are refused.
     Stop it at any time: running the same command again carries on.
 
+    With --worth-labelling it fetches instead the frames the device kept on its own (GET
+    /keep): those it was unsure about, those where its count changed, and those marked with
+    POST /keep. Their sidecars hold the model's detections as suggested boxes (`truth`), so
+    `labels import -f images` reads them pre-labelled; frames fetched before are skipped.
+
     \b
     Examples:
       deeplens-ctl pull http://camera:8080 -n 200 -o frames/
       deeplens-ctl pull kitchen --duration 600 --interval-ms 2000 -o frames/
       deeplens-ctl pull http://camera:8080 -n 50 --size 512 --format png -o frames/
+      deeplens-ctl pull --worth-labelling kitchen -o frames/
     """
     from .dataset.pull import PullError, Puller
+    if worth_labelling:
+        return _pull_worth_labelling(client, out, count, duration, retries, timeout, as_json)
     if count is None and duration is None:
         raise click.UsageError("give -n/--count or --duration (or both)")
     client.timeout = timeout
@@ -125,6 +137,28 @@ def pull(client, out, count, duration, interval_ms, image_format, crop, size, de
     else:
         click.echo(f"{out}: {result['kept']} frames ({result['new']} new, {result['duplicates']} near-duplicates "
                    f"skipped, {result['rejected']} broken frames refused)")
+
+
+def _pull_worth_labelling(client, out, count, duration, retries, timeout, as_json):
+    """pull --worth-labelling: the device's kept frames not fetched yet, with a progress bar."""
+    from .dataset.pull import KeptPuller, PullError
+    if duration is not None:
+        raise click.UsageError("--duration does not apply with --worth-labelling: it fetches what the device kept")
+    client.timeout = timeout
+    puller = KeptPuller(client, out, retries=retries)
+    try:
+        todo = puller.pending(count)
+        with click.progressbar(todo, label="fetching", file=sys.stderr, show_pos=True) as bar:
+            for entry in bar:
+                puller.fetch(entry)
+    except PullError as exc:
+        raise click.ClickException(f"{exc} ({puller.kept} frames in {out}; run again to resume)") from None
+    result = puller.result()
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"{out}: {result['kept']} frames ({result['new']} new frames worth labelling, "
+                   f"{result['fetched_before']} fetched before, {result['gone']} dropped on the device meanwhile)")
 
 
 # ---- labels -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -168,6 +168,25 @@ class DeviceClient:
 
     def delete(self, version):
         return self._call("DELETE", f"/models/{version}", auth=True).json()
+
+    def kept(self):
+        """The frames worth labelling the device keeps (GET /keep): its totals and `frames`, oldest first."""
+        return self._call("GET", "/keep").json()
+
+    def kept_image(self, name):
+        """A kept frame's JPEG bytes (GET /keep/<name>)."""
+        return self._call("GET", f"/keep/{quote(name, safe='')}", timeout=(self.timeout, 60)).content
+
+    def kept_sidecar(self, name):
+        """A kept frame's sidecar, in the pull's format with suggested labels in `truth` (GET /keep/<name>.json)."""
+        return self._call("GET", f"/keep/{quote(name, safe='')}.json").json()
+
+    def keep(self):
+        """Mark the device's latest frame as worth labelling (POST /keep); its entry."""
+        return self._call("POST", "/keep", auth="marking frames worth labelling").json()
+
+    def forget_kept(self, name):
+        return self._call("DELETE", f"/keep/{quote(name, safe='')}", auth="deleting kept frames").json()
 
 
 class PinnedAdapter(HTTPAdapter):

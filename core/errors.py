@@ -65,6 +65,14 @@ class ModelError(DeepLensError):
         self.path = str(path) if path else None
 
 
+def storage_error(exc, message):
+    """The domain error for an OSError while writing the service's own files: DiskFull when the
+    disk (or the quota) is full, StorageError otherwise; `message` is what a client is told."""
+    import errno
+    kind = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    return kind(message)
+
+
 class CameraError(DeepLensError):
     """A camera spec is malformed or its source cannot be opened."""
     code = "camera_error"

@@ -1,8 +1,14 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never half of one."""
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import tempfile
+
+from .errors import storage_error
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -39,6 +45,17 @@ def atomic_write_bytes(path, data, durable=True):
 def atomic_write_text(path, text):
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def store_json(path, doc, refusal):
+    """Keep `doc`, a setting changed at run time, as the JSON file `path` (atomically). When that
+    fails, log why and raise DiskFull or StorageError saying `refusal` (what did not change)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        log.error("cannot store a setting", extra={"fields": {"path": path, "error": exc}})
+        raise storage_error(exc, refusal) from None
 
 
 def remove_leftovers(path):

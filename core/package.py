@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class ModelPackage:
     created: str = ""
     source: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
+    values: dict = dataclasses.field(default_factory=dict)  # optional {class: worth}, for counted totals
 
     @property
     def symbol_path(self):
@@ -41,7 +43,7 @@ class ModelPackage:
         return self.folder / f"{self.name}-0000.params"
 
     def to_json(self):
-        return {
+        doc = {
             "name": self.name,
             "version": self.version,
             "task": self.task,
@@ -51,6 +53,9 @@ class ModelPackage:
             "source": self.source,
             "files": self.files,
         }
+        if self.values:
+            doc["values"] = dict(self.values)
+        return doc
 
 
 def content_version(symbol_path, params_path):
@@ -61,13 +66,14 @@ def content_version(symbol_path, params_path):
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def write_package(folder, name, classes, width, height, source=None):
+def write_package(folder, name, classes, width, height, source=None, values=None):
     """Write `model.json` for the symbol and params already in `folder`; return the package."""
     folder = Path(folder)
     pkg = ModelPackage(folder=folder, name=name, version="", width=int(width),
                        height=int(height), classes=[str(c) for c in classes],
                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       source=dict(source or {}))
+                       source=dict(source or {}), values=dict(values or {}))
+    check_values(pkg.values, pkg.classes, folder / MODEL_JSON)
     for path in (pkg.symbol_path, pkg.params_path):
         if not path.is_file():
             raise ModelError("missing; export the network before writing model.json", path)
@@ -107,7 +113,9 @@ def load_package(folder, verify=True):
         folder=folder, name=field("name", str), version=field("version", str),
         width=field("width", int, inp, "input.width"), height=field("height", int, inp, "input.height"),
         classes=classes, task=meta.get("task", "ssd"), created=meta.get("created", ""),
-        source=meta.get("source") or {}, files=field("files", dict))
+        source=meta.get("source") or {}, files=field("files", dict),
+        values={} if meta.get("values") is None else meta["values"])
+    check_values(pkg.values, classes, meta_path)
     for path in (pkg.symbol_path, pkg.params_path):
         if path.name not in pkg.files:
             raise ModelError(f"field 'files' does not list {path.name}", meta_path)
@@ -121,6 +129,20 @@ def load_package(folder, verify=True):
         raise ModelError(f"field 'version' {pkg.version!r} is not the content hash of symbol and params", meta_path,
                          code="checksum_mismatch")
     return pkg
+
+
+def check_values(values, classes, where):
+    """`values` maps some of `classes` to what one of them is worth (a finite number): what the
+    device sums into the counted `total` (edge/counting.py). ModelError names the bad entry."""
+    if not isinstance(values, dict):
+        raise ModelError(f"field 'values' must map class names to numbers, got {str(values)[:100]}", where)
+    for name, value in values.items():
+        if name not in classes:
+            raise ModelError(f"field 'values' names {str(name)[:100]!r}, which is not in 'classes' "
+                             f"({', '.join(classes)})", where, field=f"values.{str(name)[:100]}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ModelError(f"field 'values.{name}' must be a finite number, got {value!r}", where,
+                             field=f"values.{name}")
 
 
 def find_checkpoint(folder, name, epoch=0):

@@ -17,6 +17,7 @@ class Topics:
     prefix: str
     detections: str
     status: str
+    counts: str  # the stabilised counts document, retained (edge/counting.py)
 
     def command(self, name):
         return self.prefix + name.strip("/")
@@ -24,7 +25,7 @@ class Topics:
 
 def topics(device_id):
     prefix = f"{PREFIX}/{device_id}/"
-    return Topics(prefix, prefix + "detections", prefix + "status")
+    return Topics(prefix, prefix + "detections", prefix + "status", prefix + "counts")
 
 
 def legacy_topic(thing_name):
@@ -32,15 +33,19 @@ def legacy_topic(thing_name):
     return f"$aws/things/{thing_name}/infer"
 
 
-def detection_event(seq, model_version, inference_ms, detections, ts=None):
+def detection_event(seq, model_version, inference_ms, detections, ts=None, total=None):
     """The detections event as `event_schema()` describes it.
 
-    `detections` are dicts with class_id, label, score and a normalised box [xmin, ymin, xmax, ymax].
+    `detections` are dicts with class_id, label, score and a normalised box [xmin, ymin, xmax, ymax];
+    `total`, when the classes have values, what this frame's detections are worth together.
     """
-    return {"ts": time.time() if ts is None else ts, "seq": int(seq), "model_version": model_version,
-            "inference_ms": round(float(inference_ms), 3),
-            "detections": [{"class_id": int(d["class_id"]), "label": str(d["label"]), "score": float(d["score"]),
-                            "box": [float(v) for v in d["box"]]} for d in detections]}
+    event = {"ts": time.time() if ts is None else ts, "seq": int(seq), "model_version": model_version,
+             "inference_ms": round(float(inference_ms), 3),
+             "detections": [{"class_id": int(d["class_id"]), "label": str(d["label"]), "score": float(d["score"]),
+                             "box": [float(v) for v in d["box"]]} for d in detections]}
+    if total is not None:
+        event["total"] = total
+    return event
 
 
 def event_schema():

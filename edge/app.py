@@ -7,7 +7,8 @@ from flask import Flask, request
 from core.errors import TooLarge
 from core.httperrors import install
 
-from .api import MAX_JSON_BYTES, capture, models, openapi, page, require_token, status, threshold, view
+from .api import (MAX_JSON_BYTES, capture, counts, keep, models, openapi, page, require_token, status, threshold,
+                  view)
 
 # What answers without the token even when reads need it (the page holds no data: it asks for the token).
 PUBLIC = {"status.health", "openapi.openapi", "page.index", "page.asset"}
@@ -17,7 +18,7 @@ def create_app(runtime):
     """`runtime` (edge.runtime.Runtime) holds the camera, loop, threshold, model manager and publisher."""
     app = Flask("edge", static_folder=None)  # the page's files come from edge/api/page.py
     app.extensions["deeplens"] = runtime
-    for module in (capture, models, openapi, page, status, threshold, view):
+    for module in (capture, counts, keep, models, openapi, page, status, threshold, view):
         app.register_blueprint(module.blueprint)
 
     @app.before_request

@@ -19,9 +19,13 @@ def _setting_options(func):
     """Add one --flag per setting (flags win over env, env over file, file over defaults)."""
     for setting in reversed(config_mod.SETTINGS):
         flag = "--" + setting.key.replace("_", "-")
-        default_text = f" [default: {setting.default}]" if setting.default not in ("", None) else ""
+        default_text = f" [default: {setting.default}]" if setting.default not in ("", None, {}, []) else ""
         if setting.kind is bool:
             func = click.option(f"{flag}/--no-{setting.key.replace('_', '-')}", setting.key, default=None,
+                                help=setting.help + default_text)(func)
+        elif setting.kind in (dict, list):  # text on the command line; edge.config parses it
+            func = click.option(flag, setting.key, type=str, default=None,
+                                metavar="NAME=VALUE,..." if setting.kind is dict else "JSON",
                                 help=setting.help + default_text)(func)
         else:
             func = click.option(flag, setting.key, type=setting.kind, default=None, metavar=setting.kind.__name__.upper(),

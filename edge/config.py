@@ -7,6 +7,7 @@ Errors name the key, the bad value and where it came from (file and line, variab
 import dataclasses
 import difflib
 import ipaddress
+import json
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,8 @@ from core.errors import CameraError
 from shims.camera import parse_spec
 from shims.settings import DEFAULT_ARTIFACTS, DEFAULT_CAMERA
 
+from .counting import MAX_WINDOW, values_problem, zones_problem
+from .discovery import prefix_problem
 from .errors import ConfigError
 
 
@@ -104,6 +107,10 @@ SETTINGS = [
     Setting("mqtt_ca_file", str, "", "CA bundle for MQTT over TLS (default: the system's)."),
     Setting("mqtt_queue", int, 1000, "Events kept while the broker is away; older ones are dropped and counted.", _positive),
     Setting("legacy_topic", bool, False, "Also publish {label: prob} on $aws/things/<thing>/infer, as DeepLens did."),
+    Setting("discovery_prefix", str, "homeassistant", "Home Assistant MQTT discovery prefix: a sensor per class, "
+            "zone and class, and total appears there ('none': no discovery; turning it off removes them).",
+            prefix_problem),
+    Setting("discovery_unit", str, "notes", "Unit of the count sensors in Home Assistant."),
     Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
     Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
     Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
@@ -134,6 +141,27 @@ SETTINGS = [
             "(0: no watch); a failure rolls back to the previous version.", _not_negative),
     Setting("health_slowdown", float, 5.0, "A watched model fails when its median inference time exceeds its "
             "warm-up time this many times over.", _positive),
+    Setting("keep_mb", float, 200.0, "Size of the store of frames worth labelling (uncertain, count changed, "
+            "marked with POST /keep), in MB; the oldest are dropped to make room (0: keep none).", _not_negative),
+    Setting("keep_dir", str, "", "Folder of the frames worth labelling (default: keep/ in the state folder)."),
+    Setting("keep_floor", float, 0.2, "A frame whose best score lies from this up to its class's threshold is "
+            "uncertain, so worth labelling.", _unit),
+    Setting("keep_interval_s", float, 2.0, "Least seconds between two frames kept for one reason (uncertain, count "
+            "changed), so a stream of them does not fill the store; operator marks are never held back.",
+            _not_negative),
+    Setting("keep_dedup_bits", int, 10, "A frame within this many bits (256-bit perceptual hash, as `deeplens-ctl "
+            "pull`) of the last kept one is not kept again (0: identical frames only).",
+            lambda v: None if 0 <= v <= 256 else "must be between 0 and 256"),
+    Setting("count_window", int, 5, "Frames each count is the median of (odd: one missed or phantom frame in it "
+            "changes nothing; a real change shows after window/2 frames).",
+            lambda v: None if 1 <= v <= MAX_WINDOW and v % 2 else f"must be an odd number from 1 to {MAX_WINDOW}"),
+    Setting("class_values", dict, {}, "What one object of a class is worth, summed into the counts' total: "
+            "'2000 RUB=2000,1000 RUB=1000', JSON, or a mapping in the config file; wins over the model's own "
+            "values (a class the active model lacks is reported in /status and ignored).", values_problem),
+    Setting("zones", list, [], "Named polygons in normalised frame coordinates, counted apart, until PUT /zones "
+            "sets others: a list of {name, points: [[x, y], ...]} in the config file, or JSON.", zones_problem),
+    Setting("zones_only", bool, False, "With zones set, count only detections whose box centre lies in a zone "
+            "(until PUT /zones says otherwise)."),
     Setting("log_level", str, "warning", "Log level: debug, info, warning or error.", _level),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -217,16 +245,52 @@ def _coerce(setting, raw, source):
             if isinstance(raw, bool):
                 raise ValueError
             value = float(raw)
+        elif setting.kind in (dict, list):
+            value = _structured(setting.kind, raw)
         else:
             if isinstance(raw, (dict, list)):
                 raise ValueError
             value = "" if raw is None else str(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: '{setting.key}' must be {setting.kind.__name__}, got {raw!r}") from None
+        kind = STRUCTURED.get(setting.kind, setting.kind.__name__)
+        raise ConfigError(f"{source}: '{setting.key}' must be {kind}, got {raw!r}") from None
     problem = setting.check(value) if setting.check else None
     if problem:
         raise ConfigError(f"{source}: '{setting.key}' {problem}, got {raw!r}")
     return value
+
+
+STRUCTURED = {dict: "a mapping (in the config file), JSON or NAME=VALUE,NAME=VALUE",
+              list: "a list (in the config file) or JSON"}
+
+
+def _structured(kind, raw):
+    """A mapping or list setting: as it is from the config file; from a variable or flag, JSON
+    text or, for a mapping, NAME=VALUE pairs separated by commas (values stay text: the
+    setting's check reads them)."""
+    if isinstance(raw, kind):
+        return raw
+    if raw is None:
+        return kind()
+    if not isinstance(raw, str):
+        raise ValueError
+    text = raw.strip()
+    if not text:
+        return kind()
+    if text[0] in "[{":
+        value = json.loads(text)
+        if not isinstance(value, kind):
+            raise ValueError
+        return value
+    if kind is not dict:
+        raise ValueError
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 def _unknown(key, source):

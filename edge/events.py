@@ -14,7 +14,8 @@ when the broker is 'none'. Topic names and documents are core.topics' (docs/mqtt
   at most `WINDOW` unacknowledged at a time. The queue holds `queue_limit` detection (and
   legacy) events; when it is full the OLDEST is dropped and counted. The status document is
   kept apart: never dropped, sent first, and sent again after every connect (a last will may
-  have said offline meanwhile).
+  have said offline meanwhile). So are other retained documents (`publish_retained`: Home
+  Assistant discovery), sent after the status and before waiting events.
 
 `alive()` is false when the network thread is dead or has made no progress for `stuck_after`
 seconds; the inference loop then stops its systemd watchdog pings (edge/inference.py), so a
@@ -73,6 +74,12 @@ class NullPublisher:
     def publish_status(self, doc):
         pass
 
+    def publish_retained(self, topic, doc):
+        pass
+
+    def publish_counts(self, doc):
+        pass
+
     def on_command(self, name, callback):
         pass
 
@@ -106,6 +113,8 @@ class Publisher:
         self._queue = collections.deque()  # (topic, payload) of detection and legacy events, oldest first
         self._status = None  # the last status payload: never dropped, re-sent after every connect
         self._status_due = False
+        self._retained = {}  # topic -> payload of publish_retained messages: re-sent after every connect
+        self._retained_due = {}  # topic -> payload (b"" clears the topic) not yet handed to paho
         self._commands = {}  # topic -> callback(dict)
         self._connected = False
         self._closing = False  # stop() began: the sender stops, the network thread stops reconnecting
@@ -191,6 +200,30 @@ class Publisher:
             self._status, self._status_due = payload, True
             self._cond.notify_all()
 
+    def publish_retained(self, topic, doc):
+        """Publish `doc` as JSON, retained, on `topic`; `doc` None clears the topic's retained
+        message. Like the status, kept apart from the event queue and never dropped; the latest
+        document of each topic is sent again after every connect, so a broker that lost its
+        retained messages (no persistence, or another broker) gets them back. A clearing goes
+        out once. Used for Home Assistant discovery (edge/discovery.py)."""
+        payload = b"" if doc is None else json.dumps(doc)
+        with self._cond:
+            if self._closing:
+                return
+            if doc is None:
+                self._retained.pop(topic, None)
+            else:
+                self._retained[topic] = payload
+            self._retained_due.pop(topic, None)  # to the end: after what was published before it
+            self._retained_due[topic] = payload
+            self._cond.notify_all()
+
+    def publish_counts(self, doc):
+        """The stabilised counts (edge/counting.py), retained on `deeplens/<device>/counts`. A
+        count is a state, not an event: only the latest document waits (never dropped; one not
+        yet sent is replaced by a newer one), and it is sent again after every connect."""
+        self.publish_retained(self.topics.counts, doc)
+
     def _enqueue(self, topic, doc):
         payload = json.dumps(doc)
         dropped = 0
@@ -225,6 +258,9 @@ class Publisher:
                 if self._status_due:
                     topic, payload, retain = self.topics.status, self._status, True
                     self._status_due = False
+                elif self._retained_due:
+                    topic = next(iter(self._retained_due))
+                    payload, retain = self._retained_due.pop(topic), True
                 else:
                     (topic, payload), retain = self._queue.popleft(), False
                 self._handed += 1  # before publish(): its acknowledgement may come first
@@ -240,7 +276,8 @@ class Publisher:
     def _sendable(self):
         if not self._connected:
             return False
-        return self._status_due or (bool(self._queue) and self._handed - self._acked < WINDOW)
+        return self._status_due or ((bool(self._retained_due) or bool(self._queue))
+                                    and self._handed - self._acked < WINDOW)
 
     # commands
 
@@ -364,6 +401,7 @@ class Publisher:
             self._connects += 1
             down_s = time.monotonic() - self._down_since
             self._status_due = self._status is not None  # a last will may have said offline meanwhile
+            self._retained_due.update(self._retained)  # the broker may have lost them (publish_retained)
             commands = list(self._commands)
             self._cond.notify_all()
         log.info("MQTT connected", extra={"fields": {"broker": self.address, "after_s": round(down_s, 2)}})
@@ -407,7 +445,8 @@ class Publisher:
         alive, why = self._liveness()
         with self._cond:
             return {"connected": self._connected and alive,
-                    "queued": len(self._queue) + max(0, self._handed - self._acked) + int(self._status_due),
+                    "queued": len(self._queue) + len(self._retained_due) + max(0, self._handed - self._acked)
+                    + int(self._status_due),
                     "dropped": self._dropped, "published": self._acked, "alive": alive,
                     "reason": why or self._reason, "command_errors": self._command_errors,
                     "connects": self._connects, "loop_restarts": self._loop_restarts}

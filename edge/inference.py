@@ -27,13 +27,20 @@ class Result:
 
 
 class InferenceLoop(threading.Thread):
-    def __init__(self, grabber, threshold, publisher, manager, max_event_rate=0.0, observers=()):
+    def __init__(self, grabber, threshold, publisher, manager, max_event_rate=0.0, observers=(), timings=None,
+                 event_total=None):
         """`observers`: objects whose observe(frame, detector, detections, kept) sees every frame a
-        model ran on (`detections` down to the threshold's floor, `kept` those that pass it), in
-        the loop's thread, so each must be quick and hand any slow work to a thread of its own."""
+        model ran on (`detections` down to the threshold's floor, or to an observer's own `floor`
+        when it has a lower one, as edge/keep.py does to see uncertain frames; `kept` those that
+        pass the threshold), in the loop's thread, so each must be quick and hand any slow work to
+        a thread of its own.
+        `timings`: called with each such frame's {stage: ms}, once all stages are done (the
+        observers run within `publish`), for the Prometheus histograms (edge/metrics.py)."""
         super().__init__(name="inference", daemon=True)
         self.grabber, self.threshold, self.publisher, self.manager = grabber, threshold, publisher, manager
         self.observers = list(observers)
+        self.event_total = event_total  # kept -> what this frame's detections are worth (None: no values)
+        self.timings = timings
         self.min_event_gap = 1.0 / max_event_rate if max_event_rate > 0 else 0.0
         self.latest = None
         self.frames_processed = 0
@@ -85,22 +92,26 @@ class InferenceLoop(threading.Thread):
             self.errors += 1  # this frame made the new model fail its health check: nothing of it goes out
             return
         height, width = frame.image.shape[:2]
-        detections = detector.postprocess(outputs, region, (width, height), self.threshold.floor())
+        floor = min([self.threshold.floor(), *(getattr(o, "floor", 1.0) for o in self.observers)])
+        detections = detector.postprocess(outputs, region, (width, height), floor)
         kept = [d for d in detections if self.threshold.passes(d["label"], d["score"])]
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - grabbed) * 1000, infer=(t2 - t1) * 1000, postprocess=(t3 - t2) * 1000)
         self.latest = Result(frame, kept, detector.version,
                              (region[0] / width, region[1] / height, region[2] / width, region[3] / height))
-        if kept and t3 - self._last_event_at >= self.min_event_gap:
-            self._last_event_at = t3
-            self.publisher.publish_detections(
-                detection_event(frame.seq, detector.version, timings["infer"], kept, ts=frame.ts))
-            self.publisher.publish_legacy({d["label"]: d["score"] for d in reversed(kept)})
-            self.events_published += 1
         for observer in self.observers:
             observer.observe(frame, detector, detections, kept)
+        if kept and t3 - self._last_event_at >= self.min_event_gap:
+            self._last_event_at = t3
+            total = self.event_total(kept) if self.event_total else None
+            self.publisher.publish_detections(
+                detection_event(frame.seq, detector.version, timings["infer"], kept, ts=frame.ts, total=total))
+            self.publisher.publish_legacy({d["label"]: d["score"] for d in reversed(kept)})
+            self.events_published += 1
         timings["publish"] = (time.perf_counter() - t3) * 1000
         for stage, ms in timings.items():
             self.stage_ms[stage].add(ms)
+        if self.timings is not None:
+            self.timings(timings)
         self.frames_processed += 1
         self.fps.tick()

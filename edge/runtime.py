@@ -23,8 +23,12 @@ from shims.camera import FrameGrabber
 
 from . import events
 from .broker import start_broker
+from .counting import Counter, ZoneStore
+from .discovery import Discovery
 from .inference import STAGES, InferenceLoop
+from .keep import OFF as KEEP_OFF, Keeper
 from .manager import ModelManager
+from .metrics import Metrics
 from .store import MB, ModelStore
 from .threshold import Threshold
 
@@ -49,6 +53,10 @@ class Runtime:
         self._stop_event = threading.Event()
         self._status_thread = None
         self.threshold = self.grabber = self.publisher = self.loop = self.manager = None
+        self.discovery = None  # Home Assistant MQTT discovery (edge/discovery.py), once the publisher runs
+        self.counter = None  # stabilised counts per class and zone, and their total (edge/counting.py)
+        self.metrics = Metrics(self)  # GET /metrics: this service's own Prometheus registry (edge/metrics.py)
+        self.keeper = None  # frames worth labelling (edge/keep.py); None with keep_mb 0
         self.store = ModelStore(config.store_path, keep=config.keep_versions)
         self.url = None  # what the REST API is served at, once it is
         self.fingerprint = certificate_fingerprint(config.tls_cert) if config.tls_cert else None
@@ -77,9 +85,20 @@ class Runtime:
         self.publisher = events.from_config(config, self.broker_address)
         self.publisher.start()
         self.publisher.on_command("threshold/set", self._threshold_command)
+        self.discovery = Discovery(self.publisher, config)  # the counter syncs it (edge/discovery.py)
         self.manager = ModelManager(self.store, config, self._latest_image, self.publish_status).start()
+        self.counter = Counter(config.count_window, config.class_values,
+                               ZoneStore(config.state_path, config.zones, config.zones_only), self.publisher.publish_counts)
+        self.counter.on_layout.append(self.discovery.sync)  # classes, zone names or the total changed
         self.loop = InferenceLoop(self.grabber, self.threshold, self.publisher, self.manager,
-                                  max_event_rate=config.max_event_rate)
+                                  max_event_rate=config.max_event_rate, observers=[self.counter],
+                                  event_total=self.counter.frame_total)
+        self.loop.timings = self.metrics.observe_stages
+        self.loop.observers.append(self.metrics)
+        self.keeper = Keeper.from_config(config, self.threshold)
+        if self.keeper is not None:  # before the counter: a count change then finds the frame's detections
+            self.loop.observers.insert(0, self.keeper)
+            self.counter.on_change.append(self.keeper.count_changed)
         self.loop.start()
         self._status_thread = threading.Thread(target=self._status_heartbeat, name="status", daemon=True)
         self._status_thread.start()
@@ -87,7 +106,7 @@ class Runtime:
 
     def stop(self):
         self._stop_event.set()
-        for part in (self.loop, self.manager, self.publisher, self.grabber, self._broker):
+        for part in (self.loop, self.keeper, self.manager, self.publisher, self.grabber, self._broker):
             if part is not None:
                 part.stop()
 
@@ -136,6 +155,8 @@ class Runtime:
                        "reads_need_token": self.config.reads_need_token},
             "crop": {"policy": self.config.crop, "region": loop.latest and loop.latest.region},
             "disk": {"artifacts_free_mb": _free_mb(self.config.artifacts)},
+            "counts": self.counter.status(),
+            "keep": self.keeper.stats() if self.keeper else KEEP_OFF,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

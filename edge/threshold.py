@@ -3,14 +3,13 @@
 Set through PUT /threshold or the MQTT `threshold/set` command; applied from the next frame;
 written atomically to the state folder so it survives a restart (and a power loss mid-write).
 """
-import errno
 import json
 import logging
 import threading
 
-from core.fileio import atomic_write_text, remove_leftovers
+from core.fileio import remove_leftovers, store_json
 
-from core.errors import DiskFull, InvalidInput, StorageError
+from core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 FILENAME = "threshold.json"
@@ -83,14 +82,8 @@ class Threshold:
         with self._lock:
             default, per_class = parse(body, self.default, self._classes())
             doc = {"default": default, "per_class": per_class if "per_class" in body else dict(self.per_class)}
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.path, json.dumps(doc, indent=2) + "\n")
-            except OSError as exc:
-                log.error("cannot store the threshold", extra={"fields": {"path": self.path, "error": exc}})
-                kind = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
-                raise kind("the threshold could not be stored, so it was not changed (the device's log says why)") \
-                    from None
+            store_json(self.path, doc, "the threshold could not be stored, so it was not changed "
+                                       "(the device's log says why)")
             self.default, self.per_class = doc["default"], dict(doc["per_class"])
         log.info("threshold changed", extra={"fields": doc})
         return doc

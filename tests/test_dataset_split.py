@@ -3,8 +3,9 @@ import cv2
 import numpy as np
 
 from control.dataset import Box, Dataset, Image
-from control.dataset.images import dhash, read_image
+from control.dataset.images import read_image
 from control.dataset.split import group_near_duplicates, split
+from core.dhash import dhash
 
 
 def scenes(folder, count=12):

@@ -255,7 +255,9 @@ def test_streams_end_when_the_camera_is_gone_and_new_ones_are_refused(edge_servi
     for sock in socks:
         sock.close()  # gone before an answer came
     status, took = answers_fast(service.url, "/health")
-    assert status == 200 and took < 1.0
+    # Twenty connections closed at once can fill the listen backlog on a busy machine: a dropped
+    # SYN costs one 1 s retransmit. A server still holding the streams would take write_timeout (10 s).
+    assert status == 200 and took < 3.0
     response = service.get("/stream", stream=True, timeout=5)
     assert response.status_code == 503 and response.json()["error"]["code"] == "camera_gone"
 

@@ -69,7 +69,8 @@ def test_token_protected_routes_need_bearer_auth(document):
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
         **document["components"]["securitySchemes"]["bearerAuth"], "type": "http", "scheme": "bearer"}
     protected = {("/models", "post"), ("/models/{version}/activate", "post"), ("/models/rollback", "post"),
-                 ("/models/{version}", "delete"), ("/threshold", "put"), ("/mqtt", "get")}
+                 ("/models/{version}", "delete"), ("/threshold", "put"), ("/mqtt", "get"), ("/zones", "put"),
+                 ("/keep", "post"), ("/keep/{name}", "delete")}
     for path, method in documented_routes(document):
         operation = document["paths"][path][method]
         needs_token = operation.get("security") == [{"bearerAuth": []}]

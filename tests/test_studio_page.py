@@ -32,7 +32,7 @@ def synthetic_frame(seed, index=400):
 
 def write_frame(folder, number, pixels, truth=None, sidecar=True):
     """frame_NNNNNN.jpg and its sidecar, as `deeplens-ctl pull` keeps them (control/dataset/pull.py)."""
-    from control.dataset.images import dhash
+    from core.dhash import dhash
     name = f"frame_{number:06d}.jpg"
     data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
     (folder / name).write_bytes(data)

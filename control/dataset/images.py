@@ -1,4 +1,4 @@
-"""Image files: size without decoding, perceptual hash, path lookup."""
+"""Image files: size without decoding, path lookup (the perceptual hash lives in core.dhash)."""
 import os
 import struct
 from urllib.parse import unquote, urlparse
@@ -34,25 +34,6 @@ def read_image(path):
     if pixels is None:
         raise ValueError(f"{path}: not a readable image")
     return pixels
-
-
-HASH_BITS = 256
-
-
-def dhash(pixels, size=16):
-    """256-bit difference hash: near-identical frames differ in a few bits.
-
-    16x16 rather than the usual 8x8: frames of one table with a small object moving on it
-    all look alike at 8x8, so 8x8 would group a whole capture session as one scene.
-    """
-    gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-    small = cv2.resize(gray, (size + 1, size), interpolation=cv2.INTER_AREA)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def hamming(a, b):
-    return bin(a ^ b).count("1")
 
 
 class Resolver:

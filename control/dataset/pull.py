@@ -5,6 +5,11 @@ and is the commit mark, so after a kill the folder holds whole frames only (an i
 without its sidecar, or a temporary file, is removed when pulling resumes). Broken frames
 (flat band at the bottom, black) are refused even if a device lets one through, and frames whose
 perceptual hash is near one already kept are skipped.
+
+`pull --worth-labelling` (KeptPuller) instead fetches the frames the device kept as worth
+labelling (GET /keep, edge/keep.py), each once, into the same numbering and format: their
+sidecars carry the model's detections as suggested labels in `truth`, and `device_id` and
+`kept_as` (the device's name for the frame), by which a later run skips what it fetched.
 """
 import datetime
 import glob
@@ -17,11 +22,10 @@ import cv2
 import numpy as np
 
 from core.client import DeviceClient
+from core.dhash import dhash, hamming
 from core.errors import DeepLensError, DeviceError
 from core.fileio import atomic_write_bytes, atomic_write_text
 from core.quality import check_frame
-
-from .images import dhash, hamming
 
 NAME = re.compile(r"frame_(\d{6,})\.json$")
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
@@ -41,6 +45,7 @@ class Puller:
         self.dedup_threshold, self.retries = dedup_threshold, retries
         self.backoff, self.max_skips = backoff, max_skips
         os.makedirs(folder, exist_ok=True)
+        self.sources = set()  # (device_id, kept_as, dhash) of frames fetched from a device's kept ones
         self.hashes, self.next_index = self._scan()
 
     @property
@@ -59,6 +64,8 @@ class Puller:
                 with open(sidecar, encoding="utf-8") as f:
                     meta = json.load(f)
                 hashes.append(int(meta["dhash"], 16))
+                if meta.get("kept_as"):
+                    self.sources.add((meta.get("device_id"), meta["kept_as"], meta["dhash"]))
                 committed.add(os.path.join(self.folder, meta["file"]))
                 last = max(last, int(match.group(1)))
         for image in glob.glob(os.path.join(self.folder, "frame_*.*")):
@@ -95,16 +102,21 @@ class Puller:
         return {"folder": self.folder, "kept": self.kept, **stats}
 
     def _fetch(self):
-        """One frame: (bytes, headers); retries connection errors and 5xx with exponential backoff."""
+        """One frame: (bytes, headers)."""
+        return self._retry(lambda: self.client.capture(**self.params))
+
+    def _retry(self, call):
+        """`call()`, retrying connection errors and 5xx with exponential backoff; a 4xx is a PullError
+        at once (its `status` kept)."""
         error = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
             try:
-                return self.client.capture(**self.params)
+                return call()
             except DeviceError as exc:
                 if exc.status is not None and exc.status < 500:
-                    raise PullError(str(exc)) from None
+                    raise PullError(str(exc), code=exc.code) from None
                 error = exc
         raise PullError(f"{error} (after {self.retries + 1} tries)")
 
@@ -124,3 +136,57 @@ class Puller:
         self.hashes.append(digest)
         self.next_index += 1
 
+
+
+class KeptPuller(Puller):
+    """`pull --worth-labelling`: the frames a device kept as worth labelling, with their suggested
+    labels, into the pull's numbering; each at most once, so running it again fetches only new ones."""
+
+    def pending(self, count=None):
+        """The device's kept frames not fetched yet, oldest first (at most what `count` leaves room for)."""
+        listing = self._retry(self.client.kept)
+        if not listing.get("enabled"):
+            raise PullError("the device keeps no frames worth labelling (its keep_mb setting is 0)")
+        self.device_id = listing.get("device")
+        todo = [entry for entry in listing.get("frames", [])
+                if (self.device_id, entry["name"], entry.get("dhash")) not in self.sources]
+        self.stats = {"new": 0, "fetched_before": len(listing.get("frames", [])) - len(todo), "gone": 0}
+        return todo if count is None else todo[:max(0, count - self.kept)]
+
+    def fetch(self, entry):
+        """Fetch one kept frame (sidecar, then image) and save it; False when the device dropped it meanwhile."""
+        name = entry["name"]
+        try:
+            meta = self._retry(lambda: self.client.kept_sidecar(name))
+            data = self._retry(lambda: self.client.kept_image(name))
+        except PullError as exc:
+            if exc.code != "unknown_frame":
+                raise
+            self.stats["gone"] += 1
+            return False
+        if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+            raise PullError(f"the device sent a kept frame {name} that is not a readable image")
+        self._save_kept(data, meta)
+        self.stats["new"] += 1
+        return True
+
+    def run(self, count=None, on_frame=None):
+        for entry in self.pending(count):
+            if self.fetch(entry) and on_frame:
+                on_frame(self.kept)
+        return self.result()
+
+    def result(self):
+        return {"folder": self.folder, "kept": self.kept, **self.stats}
+
+    def _save_kept(self, data, meta):
+        name = f"frame_{self.next_index:06d}"
+        image_file = name + ".jpg"
+        device_id = meta.get("device", self.device_id)
+        saved = {**{k: v for k, v in meta.items() if k != "name"}, "file": image_file, "device": self.client.url,
+                 "device_id": device_id, "kept_as": meta["name"]}
+        atomic_write_bytes(os.path.join(self.folder, image_file), data)
+        atomic_write_text(os.path.join(self.folder, name + ".json"), json.dumps(saved, indent=1) + "\n")
+        self.hashes.append(int(meta["dhash"], 16))
+        self.sources.add((device_id, meta["name"], meta["dhash"]))
+        self.next_index += 1

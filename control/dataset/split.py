@@ -9,7 +9,9 @@ import random
 
 import numpy as np
 
-from .images import HASH_BITS, dhash, read_image
+from core.dhash import HASH_BITS, dhash
+
+from .images import read_image
 from .model import Dataset
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import cv2
 
+from core.dhash import dhash
 from core.errors import Conflict, InvalidInput, NotFound
 from core.fileio import atomic_write_bytes, atomic_write_text, remove_leftovers
 from core.quality import check_frame
 
 from ..dataset import Box, ClassMap, Collector, Dataset, Image, read as read_dataset
 from ..dataset import sagemaker
-from ..dataset.images import dhash, read_image
+from ..dataset.images import read_image
 from ..dataset.split import group_near_duplicates
 
 PROJECT_JSON = "project.json"
