@@ -8,7 +8,7 @@ import threading
 from urllib.parse import urlsplit
 
 from core.client import DeviceClient
-from core.devices import Device, load_devices, normalise_url
+from core.devices import Device, config_path, load_devices, normalise_url
 from core.errors import InvalidInput, NotFound
 
 TIMEOUT = 8.0  # s: a device that does not answer by then is "not answering" on the page
@@ -18,10 +18,23 @@ class Devices:
     def __init__(self, project):
         self.project = project
         self._tokens, self._clients, self._lock = {}, {}, threading.Lock()
+        self._file, self._file_stamp = {}, None
+
+    def _configured(self):
+        """devices.yaml's devices, read again only when the file changes: the page asks about a
+        device several times a second."""
+        path = config_path()
+        try:
+            stamp = (str(path), path.stat().st_mtime_ns)
+        except FileNotFoundError:
+            stamp = (str(path), None)
+        if stamp != self._file_stamp:
+            self._file, self._file_stamp = load_devices(path), stamp
+        return self._file
 
     def _entries(self):
         """{id: (Device, source)}: devices.yaml first, then the project's typed URLs."""
-        entries = {name: (device, "devices.yaml") for name, device in load_devices().items()}
+        entries = {name: (device, "devices.yaml") for name, device in self._configured().items()}
         for url in self.project.devices:
             device_id = slug(url)
             entries.setdefault(device_id, (Device(device_id, url, self._tokens.get(url, "")), "page"))
