@@ -2,11 +2,21 @@
 within a time budget, evaluate it on a group-aware validation split, time the exported model.
 
     python -m bench.train_banknotes [--minutes 15] [--arch mobilenet] [--flip rot90] [--speed-only]
+    python -m bench.train_banknotes --until-map 0.95 --compare-workers 0,2,2,0
 
 Prints a table and writes bench/results/train_banknotes.json. Training runs the real
 `deeplens-ctl train`, evaluation `deeplens-ctl evaluate`, in child processes (so that their
 peak memory and wall time are measured as a user would see them). Report the machine's load
 with the figures: on a shared machine the timings are perturbed.
+
+`--until-map` (issue 14) measures instead the training time until validation mAP@0.5 first
+reaches the target, for each `--workers` value of `--compare-workers` in turn, in one bench
+run (list a value twice, ABBA, to even out a drifting machine load): the same command as the
+full run, stopped as the studio stops a run (a STOP file) once metrics.csv shows the target,
+or at the time budget. Same seed, same batches whatever the workers; but under a time budget
+the learning rate follows the clock, so the epoch that first reaches the target varies from run
+to run (32 to 42 in eight runs of the same command): compare s/epoch, and time to target over
+repeated runs. Writes bench/results/train_banknotes_until_map.json.
 
 Flips: the DeepLens looks straight down on notes lying any way round, and a note's two sides
 are not mirror images of each other (text, portraits): quarter turns (`--flip rot90`) make
@@ -60,6 +70,65 @@ def ctl(*args):
     done = subprocess.run([str(Path(sys.executable).parent / "deeplens-ctl"), *map(str, args)], cwd=REPO,
                           stdout=subprocess.PIPE, text=True, check=True)
     return done.stdout, time.monotonic() - started
+
+
+def train_command(args, train, val, name, workers=None):
+    """The `deeplens-ctl train` arguments of a run of this bench."""
+    return (["train", train, "--val", val, "--name", name, "--arch", args.arch, "--runs-dir", RESULTS / "runs",
+             "--time-budget", args.minutes, "--seed", args.seed, "--flip", args.flip,
+             "--class-names", ",".join(CLASSES), "--json"] + (["--workers", workers] if workers is not None else []))
+
+
+def train_until(command, run_dir, target, poll_s=0.5):
+    """Run `deeplens-ctl train` and stop it with a STOP file once metrics.csv shows mAP@0.5 >=
+    `target` (the run ends after the epoch in progress). Returns (metrics rows, wall seconds)."""
+    started, asked = time.monotonic(), False
+    child = subprocess.Popen([str(Path(sys.executable).parent / "deeplens-ctl"), *map(str, command)], cwd=REPO,
+                             stdout=subprocess.DEVNULL)
+    try:
+        while child.poll() is None:
+            time.sleep(poll_s)
+            if not asked and first_reaching(metrics(run_dir), target):
+                (run_dir / "STOP").touch()
+                asked = True
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if child.wait():
+        raise SystemExit(f"deeplens-ctl train exited {child.returncode}")
+    return metrics(run_dir), time.monotonic() - started
+
+
+def metrics(run_dir):
+    path = run_dir / "metrics.csv"
+    return [{k: float(v) for k, v in row.items() if v} for row in csv_rows(path)] if path.is_file() else []
+
+
+def first_reaching(rows, target):
+    return next((row for row in rows if row["map50"] >= target), None)
+
+
+def compare_workers(args, train, val, stamp):
+    """Time to mAP@0.5 >= args.until_map for each --workers value of args.compare_workers."""
+    runs = []
+    for n, workers in enumerate(int(w) for w in args.compare_workers.split(",")):
+        name = f"until-{args.arch}-w{workers}-{stamp}-{n}"
+        load_before = [round(v, 2) for v in os.getloadavg()]
+        command = train_command(args, train, val, name, workers)
+        rows, wall = train_until(command, RESULTS / "runs" / name, args.until_map)
+        reached = first_reaching(rows, args.until_map)
+        runs.append({"workers": workers, "command": "deeplens-ctl " + " ".join(map(str, command)),
+                     "seconds_to_target": reached and reached["time"],
+                     "epoch_reached": reached and int(reached["epoch"]),
+                     "epochs": len(rows), "s_per_epoch": round(rows[-1]["time"] / len(rows), 2),
+                     "images_per_s": round(float(np.mean([r["images_per_s"] for r in rows])), 1),
+                     "best_map50": max(r["map50"] for r in rows), "best_map_coco": max(r["map_coco"] for r in rows),
+                     "wall_s": round(wall, 1), "load_before": load_before,
+                     "load_after": [round(v, 2) for v in os.getloadavg()]})
+        print(f"workers {workers}: {runs[-1]['seconds_to_target']} s to mAP@0.5 >= {args.until_map} "
+              f"(epoch {runs[-1]['epoch_reached']}), load {load_before[0]} -> {runs[-1]['load_after'][0]}",
+              file=sys.stderr)
+    return runs
 
 
 def time_package(folder, frame, repeats=200):
@@ -120,19 +189,25 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flip", default="rot90", help="the camera looks straight down on notes lying any way round")
     parser.add_argument("--speed-only", action="store_true", help="time both architectures, train nothing")
+    parser.add_argument("--until-map", type=float, help="time training until validation mAP@0.5 reaches this")
+    parser.add_argument("--compare-workers", default="0,2", help="with --until-map: the --workers values, in order")
     args = parser.parse_args()
     import cv2
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     figures = {"load_before": [round(v, 2) for v in os.getloadavg()], "args": vars(args)}
     train, val, dropped = group_split(BANKNOTES / "sg-manifest.manifest", RESULTS / "banknotes-split")
     figures["split"] = {"train": sum(1 for _ in open(train)), "val": sum(1 for _ in open(val)), "dropped_lines": dropped}
+    if args.until_map:
+        figures["runs"] = compare_workers(args, train, val, stamp)
+        report.table(until_map_rows(figures, args.until_map), ["workers", "s to target", "epoch", "s/epoch",
+                                                               "images/s", "best mAP@0.5", "load before / after"])
+        report.save("train_banknotes_until_map", figures)
+        return
     frame = cv2.imread(image_paths(val)[0])
     packages = {}
     if not args.speed_only:
         name = f"bench-{args.arch}-{stamp}"
-        command = ["train", train, "--val", val, "--name", name, "--arch", args.arch, "--runs-dir", RESULTS / "runs",
-                   "--time-budget", args.minutes, "--seed", args.seed, "--flip", args.flip,
-                   "--class-names", ",".join(CLASSES), "--json"]
+        command = train_command(args, train, val, name)
         out, wall = ctl(*command)
         trained = json.loads(out.strip().splitlines()[-1])
         evaluation = json.loads(ctl("evaluate", trained["package"], val, "--json")[0])
@@ -159,6 +234,13 @@ def csv_rows(path):
     import csv
     with open(path) as f:
         yield from csv.DictReader(f)
+
+
+def until_map_rows(figures, target):
+    return [{"workers": r["workers"], "s to target": r["seconds_to_target"] or f"not reached (>= {target})",
+             "epoch": r["epoch_reached"], "s/epoch": r["s_per_epoch"], "images/s": r["images_per_s"],
+             "best mAP@0.5": r["best_map50"], "load before / after": f"{r['load_before'][0]} / {r['load_after'][0]}"}
+            for r in figures["runs"]]
 
 
 def table_rows(figures):

@@ -32,6 +32,7 @@ class TrainConfig:
     time_budget: float = 0.0        # minutes of training (validation included); 0: no limit
     patience: int = 40              # epochs without a better validation mAP before stopping; 0: never
     seed: int = 0
+    workers: int = 2                # processes making the augmented batches; 0: the training process itself
     flip: str = "mirror"
     threshold: float = 0.5          # the deployed score threshold that evaluation reports P/R at
     crop: str = DEFAULT_CROP        # how validation frames meet the input: as the device's crop setting

@@ -1,7 +1,14 @@
 """Training samples from a SageMaker augmented manifest, and batches of them for the network."""
+import collections
+import ctypes
 import dataclasses
+import multiprocessing
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
 
@@ -9,6 +16,8 @@ from control.dataset import Collector, DatasetError, read
 from control.dataset.sagemaker import validate
 
 from . import TrainError
+
+PR_SET_PDEATHSIG = 1     # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclasses.dataclass
@@ -54,12 +63,82 @@ class DetectionData:
     def __len__(self):
         return len(self.samples)
 
-    def batches(self, batch_size, rng=None):
-        """Yield (images (B,3,H,W) float32, labels (B,M,5) normalised, -1 padded); shuffled with `rng`."""
-        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
-        for start in range(0, len(order), batch_size):
-            pairs = [self.transform(self.images[i], self.samples[i].boxes, rng) for i in order[start:start + batch_size]]
-            yield np.stack([p[0] for p in pairs]), pad_labels([p[1] for p in pairs])
+    def batch(self, indices, seed):
+        """(images (B,3,H,W) uint8, labels (B,M,5) normalised, -1 padded) of the samples at
+        `indices`, drawn with a generator of their own seed: where it is made does not matter."""
+        rng = np.random.default_rng(seed)
+        pairs = [self.transform(self.images[i], self.samples[i].boxes, rng) for i in indices]
+        return np.stack([p[0] for p in pairs]), pad_labels([p[1] for p in pairs])
+
+    def plan(self, batch_size, seed, epoch):
+        """(indices, seed) of each full batch of an epoch: shuffled by (seed, epoch), each batch's
+        augmentation seeded by (seed, epoch, batch index). A last partial batch is left out."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        return [(order[start:start + batch_size], [seed, epoch, n])
+                for n, start in enumerate(range(0, len(order) - batch_size + 1, batch_size))]
+
+
+class BatchMaker:
+    """Makes the training batches of `data`: inline (`workers` 0) or in that many forked
+    processes, each working a batch ahead, so that augmentation runs while the network trains.
+    Either way the batches are the same (DetectionData.batch). A context manager: leaving it
+    ends the workers, whatever ended the loop."""
+
+    def __init__(self, data, workers=0):
+        self.data, self.workers, self.pool = data, workers, None
+        if workers:
+            # fork (at the first batch): the workers share the decoded images and the transform as they are then
+            self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _start_worker,
+                                            (data, os.getpid()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Drop the batches not started, let the workers finish theirs and exit."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def batches(self, plan):
+        """The batches of `plan` (DetectionData.plan), in order. Should the workers die (a
+        signal to the whole process group, the OOM killer), the rest are made here."""
+        submitted = collections.deque()     # futures of plan[n:n + len(submitted)]
+        for n, task in enumerate(plan):
+            try:
+                if self.pool is not None:
+                    submitted.extend(self.pool.submit(_make_batch, *ahead)
+                                     for ahead in plan[n + len(submitted):n + self.workers + 1])
+                batch = submitted.popleft().result() if submitted else self.data.batch(*task)
+            except BrokenProcessPool:
+                click.echo("batch workers died: making the batches in this process", err=True)
+                self.close()
+                submitted.clear()
+                batch = self.data.batch(*task)
+            yield batch
+
+
+_worker_data = None     # a worker's DetectionData, inherited through fork
+
+
+def _start_worker(data, parent):
+    """The handlers of stop_on_signals came along with the fork: a worker ignores SIGINT instead
+    (a terminal sends Ctrl-C to the whole process group, and the run, stopping after its epoch,
+    still needs the batches until then) and dies of SIGTERM. It dies with its parent too."""
+    global _worker_data
+    _worker_data = data
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:      # the parent died before prctl
+        os._exit(1)
+
+
+def _make_batch(indices, seed):
+    return _worker_data.batch(indices, seed)
 
 
 def pad_labels(labels):

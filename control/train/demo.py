@@ -40,7 +40,7 @@ RECIPE = dict(name="demo", arch="tiny", size=160, epochs=12, batch_size=8, lr=0.
 
 
 class DemoTransform:
-    """`train`'s transform contract ((image, pixel boxes, rng) -> (3xSxS float32, normalised boxes)),
+    """`train`'s transform contract ((image, pixel boxes, rng) -> (3xSxS uint8, normalised boxes)),
     lighter: photometric jitter, half the time a zoom-in crop of 70-100 % keeping the boxes whose
     centre it holds (clipped), half the time turned upside down."""
 
@@ -67,7 +67,7 @@ class DemoTransform:
         boxes[:, (1, 3)] /= width
         boxes[:, (2, 4)] /= height
         image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), boxes
+        return np.ascontiguousarray(image.transpose(2, 0, 1)), boxes
 
 
 def build_demo_model(train_manifest, val_manifest, out, run_dir, seed=0, epochs=RECIPE["epochs"], echo=print):

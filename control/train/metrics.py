@@ -7,22 +7,23 @@ import dataclasses
 
 import numpy as np
 
-from .transforms import box_iou
+from core.boxes import box_iou
 
 COCO_IOUS = np.round(np.linspace(0.5, 0.95, 10), 2)
 RECALL_POINTS = np.linspace(0, 1, 101)
 
 
-def _match(dets, gts, iou_threshold):
-    """For score-sorted dets (K,4) and gts (M,4), the matched gt index per det, -1 if none."""
-    matched = np.full(len(dets), -1)
-    if not len(dets) or not len(gts):
+def _match(ious, iou_threshold):
+    """For the IoUs (K,M) of score-sorted dets with gts, the matched gt index per det, -1 if none.
+    Only dets that overlap some gt enough can match: the greedy pass visits just those."""
+    matched = np.full(len(ious), -1)
+    if not ious.size:
         return matched
-    ious, taken = box_iou(dets, gts), np.zeros(len(gts), bool)
-    for d in range(len(dets)):
+    threshold, taken = min(iou_threshold, 1 - 1e-10), np.zeros(ious.shape[1], bool)
+    for d in np.flatnonzero(ious.max(axis=1) >= threshold):
         candidates = np.where(taken, -1, ious[d])
-        best = len(gts) - 1 - np.argmax(candidates[::-1])  # the last of equals, as pycocotools
-        if candidates[best] >= min(iou_threshold, 1 - 1e-10):
+        best = len(candidates) - 1 - np.argmax(candidates[::-1])  # the last of equals, as pycocotools
+        if candidates[best] >= threshold:
             matched[d], taken[best] = best, True
     return matched
 
@@ -120,16 +121,17 @@ class DetectionMetric:
         dets = dets[dets[:, 0] >= 0]
         self._images.append((dets[np.argsort(-dets[:, 1], kind="mergesort")], gts[gts[:, 0] >= 0]))
 
-    def _class_hits(self, c, iou):
-        """Scores, hit flags and gt count of class c over all images at one IoU threshold."""
+    def _class_hits(self, c):
+        """Scores, hit flags (one row per COCO IoU threshold) and gt count of class c over all images."""
         scores, hits, num_gt = [], [], 0
         for dets, gts in self._images:
             d = dets[dets[:, 0] == c][:self.max_dets]
             g = gts[gts[:, 0] == c]
             num_gt += len(g)
             scores.append(d[:, 1])
-            hits.append(_match(d[:, 2:], g[:, 1:], iou) >= 0)
-        return np.concatenate(scores), np.concatenate(hits), num_gt
+            ious = box_iou(d[:, 2:], g[:, 1:])
+            hits.append(np.array([_match(ious, iou) >= 0 for iou in COCO_IOUS]).reshape(len(COCO_IOUS), len(d)))
+        return np.concatenate(scores), np.concatenate(hits, axis=1), num_gt
 
     def get(self):
         per_class, pr_curves = [], {}
@@ -138,8 +140,8 @@ class DetectionMetric:
             num_images = sum(bool((gts[:, 0] == c).any()) for _, gts in self._images)
             row = {"name": name, "images": num_images}
             coco = []
-            for iou in COCO_IOUS:
-                scores, hits, num_gt = self._class_hits(c, iou)
+            scores, hits_at, num_gt = self._class_hits(c)
+            for iou, hits in zip(COCO_IOUS, hits_at):
                 recall, precision, sorted_scores = _pr(scores, hits, num_gt)
                 coco.append(ap_coco(recall, precision))
                 if iou == 0.5:
@@ -173,7 +175,7 @@ class DetectionMetric:
         table = np.zeros((k + 1, k + 1), int)
         for dets, gts in self._images:
             dets = dets[dets[:, 1] >= self.threshold]
-            matched = _match(dets[:, 2:], gts[:, 1:], 0.5)
+            matched = _match(box_iou(dets[:, 2:], gts[:, 1:]), 0.5)
             for det, m in zip(dets, matched):
                 table[int(gts[m, 0]) if m >= 0 else k, int(det[0])] += 1
             for g in np.setdiff1d(np.arange(len(gts)), matched):

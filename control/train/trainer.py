@@ -29,7 +29,7 @@ from control.dataset.model import ClassMap
 from . import TrainError
 from . import callbacks as cb
 from .config import ARGS, TrainConfig, lr_at
-from .data import DetectionData, read_manifest
+from .data import BatchMaker, DetectionData, read_manifest
 from .loss import SSDLoss
 from .metrics import DetectionMetric
 from .sagemaker import write_artifact
@@ -152,32 +152,31 @@ class Trainer:
 
     def fit(self):
         self._emit("on_train_start")
-        while self.epoch < self.config.epochs and not self.stop:
-            started = time.monotonic()
-            logs = self.train_epoch()
-            logs.update(self.validate())
-            self.epoch += 1
-            self.elapsed += time.monotonic() - started
-            logs.update(epoch=self.epoch, time=round(self.elapsed, 1), memory_mb=round(peak_memory_mb()))
-            improved = not self.history or fitness(logs) > fitness(self.best)
-            self.history.append(logs)
-            self.save_checkpoint(best=improved)
-            self._emit("on_epoch_end", logs)
+        with BatchMaker(self.train_data, self.config.workers) as maker:
+            while self.epoch < self.config.epochs and not self.stop:
+                started = time.monotonic()
+                logs = self.train_epoch(maker)
+                logs.update(self.validate())
+                self.epoch += 1
+                self.elapsed += time.monotonic() - started
+                logs.update(epoch=self.epoch, time=round(self.elapsed, 1), memory_mb=round(peak_memory_mb()))
+                improved = not self.history or fitness(logs) > fitness(self.best)
+                self.history.append(logs)
+                self.save_checkpoint(best=improved)
+                self._emit("on_epoch_end", logs)
         if (self.weights / "best.params").is_file():
             self.net.load_parameters(str(self.weights / "best.params"))
         self._emit("on_train_end")
         return self.history
 
-    def train_epoch(self):
+    def train_epoch(self, maker):
         mx.random.seed(self.config.seed * 100003 + self.epoch)
-        rng = np.random.default_rng([self.config.seed, self.epoch])
         self._emit("on_epoch_start", self.batches_per_epoch)
         totals, images, started = np.zeros(3), 0, time.monotonic()
-        batches = self.train_data.batches(self.batch_size, rng)
-        for step in range(self.batches_per_epoch):
-            data, labels = next(batches)
+        plan = self.train_data.plan(self.batch_size, self.config.seed, self.epoch)
+        for step, (data, labels) in enumerate(maker.batches(plan)):
             self.trainer.set_learning_rate(lr_at(self.config, self.progress(self.epoch * self.batches_per_epoch + step)))
-            data, labels = mx.nd.array(data), mx.nd.array(labels)
+            data, labels = mx.nd.array(data, dtype=np.float32), mx.nd.array(labels)
             with autograd.record():
                 class_preds, box_preds, anchors = self.net(data)
                 loss, class_loss, box_loss = self.loss(class_preds, box_preds, anchors, labels)

@@ -1,8 +1,10 @@
 """Image + box transforms. Callables `(image HxWx3 uint8 BGR, boxes (M,5) pixels, rng) ->
-(image 3xSxS float32 BGR 0..255, boxes (M,5) normalised)`: the network normalises itself."""
+(image 3xSxS uint8 BGR, boxes (M,5) normalised)`: the network normalises itself. uint8, a quarter
+of float32: batches made in worker processes cross a pipe (control.train.data.BatchMaker)."""
 import cv2
 import numpy as np
 
+from core.boxes import box_iou
 from core.ssd import BGR_MEAN
 
 from .config import FLIPS
@@ -16,7 +18,7 @@ def _to_network(image, boxes, size):
     boxes[:, (1, 3)] /= width
     boxes[:, (2, 4)] /= height
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), boxes
+    return np.ascontiguousarray(image.transpose(2, 0, 1)), boxes
 
 
 class TrainTransform:
@@ -111,11 +113,3 @@ def quarter_turns(image, boxes, turns):
         boxes = np.stack([cls, ymin, width - xmax, ymax, width - xmin], axis=1)
     return image, boxes
 
-
-def box_iou(a, b):
-    """IoU matrix of corner boxes a (N,4) and b (M,4)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-12)
