@@ -1,5 +1,5 @@
 """deeplens-ctl verbs of this group (see control/cli.py): train, evaluate, predict,
-import-sagemaker, model dummy. Thin: parse, call control.train, print (conventions:
+import-sagemaker, model dummy, model quantize. Thin: parse, call control.train, print (conventions:
 control.cli_common). MXNet is imported inside the verbs so that `--help` and the other groups
 do not pay for it."""
 import sys
@@ -35,6 +35,8 @@ crop_option = click.option(
 @click.option("--patience", type=int, default=D.patience, show_default=True,
               help="Stop after this many epochs without a better validation mAP (0: never).")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=D.workers, show_default=True,
+              help="Processes that augment the next batches while the network trains (0: none, all in one).")
 @click.option("--flip", type=click.Choice(list(FLIPS)), default=D.flip, show_default=True,
               help="; ".join(f"{k}: {v}" for k, v in FLIPS.items()))
 @click.option("--threshold", type=float, default=D.threshold, show_default=True,
@@ -46,6 +48,9 @@ crop_option = click.option(
 @click.option("--init", type=click.Path(exists=True, file_okay=False),
               help="Start from the weights of a run folder (runs/<name>/) or model package instead of random "
                    "ones: same --arch and --size, same classes or more (matched by name).")
+@click.option("--int8", is_flag=True,
+              help="Also export the int8 variant runs/<name>/model-int8/, calibrated on training frames "
+                   "(see `model quantize`).")
 @click.option("--backend", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True)
 @click.option("--role", help="[sagemaker] IAM role ARN the training job runs as.")
 @click.option("--bucket", help="[sagemaker] S3 bucket for data and output.")
@@ -57,7 +62,7 @@ crop_option = click.option(
               help="[sagemaker] algorithm hyperparameter (repeatable); unset ones keep the algorithm's defaults.")
 @json_option
 @reports_errors
-def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, bucket, prefix, region,
+def train(manifest, val_manifest, class_names, runs_dir, resume, int8, backend, role, bucket, prefix, region,
           instance_type, job_name, hyperparameters, as_json, **options):
     """Train an SSD detector on MANIFEST and export it as a deployable package.
 
@@ -72,7 +77,7 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
     \b
     Examples:
       deeplens-ctl train split/train.manifest --val split/val.manifest --name notes
-      deeplens-ctl train data.manifest --val val.manifest --flip rot90 --time-budget 15
+      deeplens-ctl train data.manifest --val val.manifest --flip rot90 --time-budget 15 --int8
       deeplens-ctl train data.manifest --name notes --resume
       deeplens-ctl train relabelled.manifest --name notes2 --init runs/notes/ --epochs 30
       deeplens-ctl train data.manifest --backend sagemaker --role ARN --bucket my-bucket
@@ -82,8 +87,9 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
         from .train import sagemaker
         if not (role and bucket):
             raise click.UsageError("--backend sagemaker needs --role and --bucket")
-        if config.init:
-            raise click.UsageError("--init works with --backend local only")
+        for option, given in (("--init", config.init), ("--int8", int8)):
+            if given:
+                raise click.UsageError(f"{option} works with --backend local only")
         hp = dict(h.split("=", 1) for h in hyperparameters if "=" in h)
         package = sagemaker.train_job(manifest, val_manifest, Path(runs_dir) / config.name, role=role, bucket=bucket,
                                       prefix=prefix, region=region, instance_type=instance_type, hyperparameters=hp,
@@ -101,6 +107,11 @@ def train(manifest, val_manifest, class_names, runs_dir, resume, backend, role, 
                   "map_coco": best["map_coco"], "seconds": round(trainer.elapsed, 1)}
         if trainer.init_note:
             result["init"] = trainer.init_note
+        if int8:
+            from core.quantize import CALIBRATION_FRAMES, quantize_package, spread
+            frames = spread(trainer.train_data.images, CALIBRATION_FRAMES)
+            quantized, agreement = quantize_package(package, frames, trainer.run_dir / "model-int8", crop=config.crop)
+            result.update(int8_package=str(quantized.folder), int8_version=quantized.version, int8_agreement=agreement)
     if as_json:
         echo_json(result)
     else:
@@ -225,6 +236,47 @@ def dummy(name, classes, size, out):
     from core.ssd import dummy_package
     package = dummy_package(out, name=name, num_classes=classes, size=size)
     click.echo(f"{package.folder} {package.name} {package.version}")
+
+
+@model.command()
+@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.option("--calib", required=True, type=click.Path(exists=True),
+              help="Calibration frames: a manifest (its images) or a folder of images, like the camera's.")
+@click.option("--frames", type=click.IntRange(min=1), help="How many frames, spread over --calib  [default: 64].")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Package folder to write (default: PACKAGE-int8).")
+@crop_option
+@json_option
+@reports_errors
+def quantize(package, calib, frames, out, crop, as_json):
+    """Write the int8 variant of the fp32 PACKAGE, which the device runtime runs about twice as fast.
+
+    Convolutions are quantized with thresholds calibrated on --calib frames (MXNet's oneDNN
+    quantization); the detection head stays fp32. The result is a package of its own version
+    (model.json: "precision": "int8") to deploy with swap-model; check its accuracy with
+    `evaluate` beside the fp32 package's. A real DeepLens's model optimizer takes the fp32 one.
+
+    \b
+    Examples:
+      deeplens-ctl model quantize runs/notes/model --calib split/train.manifest
+      deeplens-ctl model quantize model/ --calib frames/ --frames 32 -o model-int8/
+    """
+    from core.package import load_package
+    from core.quantize import CALIBRATION_FRAMES, quantize_package, spread
+    from .dataset.images import IMAGE_EXTENSIONS
+    from .train.data import load_image, read_manifest
+    source = Path(calib)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        paths = [sample.path for sample in read_manifest(source)[0]]
+    images = [load_image(path) for path in spread(paths, frames or CALIBRATION_FRAMES)]
+    fp32 = load_package(package)
+    int8, agreement = quantize_package(fp32, images, Path(out or f"{Path(package).resolve()}-int8"), crop=crop)
+    result = {"package": str(int8.folder), "version": int8.version, "quantized_from": fp32.version, **agreement}
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo("\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
 COMMANDS = [train, evaluate, predict, import_sagemaker, model]

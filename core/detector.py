@@ -9,7 +9,6 @@ the device runtime core.runtime.MXNetModel, or the trainer's in-memory network) 
 policy (core.crop: `center`, the device's default, or `stretch`) for frames whose aspect ratio
 differs from the model's input. Stages are separate (preprocess, infer, postprocess) so that the edge loop can time each.
 """
-import json
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from .crop import DEFAULT_CROP, check_crop, crop_rect
 from .errors import ModelError
 from .package import load_package
-from .runtime import MXNetModel, resize
+from .runtime import MXNetModel, graph_nodes, resize
 
 DETECTION_OP = "_contrib_MultiBoxDetection"
 
@@ -25,7 +24,7 @@ DETECTION_OP = "_contrib_MultiBoxDetection"
 def detection_inputs(symbol, where):
     """Names of the (class probabilities, box offsets, anchors) outputs feeding the graph's
     MultiBoxDetection; ModelError if the graph does not end in one (not an SSD)."""
-    nodes = json.loads(symbol.tojson())["nodes"]
+    nodes = graph_nodes(symbol)
     ops = [n for n in nodes if n["op"] == DETECTION_OP]
     if not ops:
         raise ModelError(f"graph has no {DETECTION_OP} output: not a DeepLens SSD graph", where)
@@ -40,11 +39,14 @@ def graph_classes(symbol, width, height, where):
 
 
 def check_package(package, model):
-    """Refuse a package the device could not serve: not an SSD, a class list that does not
-    match the graph, or NaN/infinite weights (the graph's clipping and NMS would hide them
+    """Refuse a package the device could not serve: not an SSD, a precision or class list that
+    does not match the graph, or NaN/infinite weights (the graph's clipping and NMS would hide them
     as 'no boxes'). `model` is the package bound to the runtime (its graph and weights)."""
     if package.task != "ssd":
         raise ModelError(f"task {package.task!r} is not 'ssd'", package.folder / "model.json")
+    if model.precision != package.precision:
+        raise ModelError(f"field 'precision' says {package.precision} but the graph is {model.precision}",
+                         package.folder / "model.json", field="precision")
     count = graph_classes(model.symbol, package.width, package.height, package.symbol_path)
     if count != len(package.classes):
         raise ModelError(f"graph predicts {count} classes but model.json 'classes' lists {len(package.classes)}",

@@ -18,6 +18,9 @@ from .fileio import atomic_write_text, sha256_file
 
 MODEL_JSON = "model.json"
 VERSION_CHARS = 12
+# What the graph computes in: "fp32" (the trained graph, which a real DeepLens's model optimizer
+# takes) or "int8" (its variant quantized by core.quantize, which the device runtime runs).
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclasses.dataclass
@@ -33,6 +36,7 @@ class ModelPackage:
     source: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
     values: dict = dataclasses.field(default_factory=dict)  # optional {class: worth}, for counted totals
+    precision: str = "fp32"
 
     @property
     def symbol_path(self):
@@ -47,6 +51,7 @@ class ModelPackage:
             "name": self.name,
             "version": self.version,
             "task": self.task,
+            "precision": self.precision,
             "input": {"width": self.width, "height": self.height},
             "classes": list(self.classes),
             "created": self.created,
@@ -66,13 +71,15 @@ def content_version(symbol_path, params_path):
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def write_package(folder, name, classes, width, height, source=None, values=None):
+def write_package(folder, name, classes, width, height, source=None, values=None, precision="fp32"):
     """Write `model.json` for the symbol and params already in `folder`; return the package."""
     folder = Path(folder)
     pkg = ModelPackage(folder=folder, name=name, version="", width=int(width),
                        height=int(height), classes=[str(c) for c in classes],
                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       source=dict(source or {}), values=dict(values or {}))
+                       source=dict(source or {}), values=dict(values or {}), precision=precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_values(pkg.values, pkg.classes, folder / MODEL_JSON)
     for path in (pkg.symbol_path, pkg.params_path):
         if not path.is_file():
@@ -114,7 +121,10 @@ def load_package(folder, verify=True):
         width=field("width", int, inp, "input.width"), height=field("height", int, inp, "input.height"),
         classes=classes, task=meta.get("task", "ssd"), created=meta.get("created", ""),
         source=meta.get("source") or {}, files=field("files", dict),
-        values={} if meta.get("values") is None else meta["values"])
+        values={} if meta.get("values") is None else meta["values"], precision=meta.get("precision", "fp32"))
+    if pkg.precision not in PRECISIONS:
+        raise ModelError(f"field 'precision' must be one of {', '.join(PRECISIONS)}, got {pkg.precision!r}",
+                         meta_path, field="precision")
     check_values(pkg.values, classes, meta_path)
     for path in (pkg.symbol_path, pkg.params_path):
         if path.name not in pkg.files:

@@ -1,11 +1,21 @@
 """The device runtime: an MXNet inference graph bound once on the CPU, as `awscam.Model` runs it.
 
-Frames reach it through core.detector.Detector, which crops and resizes them."""
+MXNet fuses an fp32 graph for oneDNN as it binds it (convolution + BatchNorm + ReLU become one
+operator: MXNET_SUBGRAPH_BACKEND, "MKLDNN" unless set); an int8 package (core.quantize) holds
+a graph already fused and quantized. Frames reach the runtime through core.detector.Detector,
+which crops and resizes them."""
+import json
+import os
+
 import cv2
 import mxnet as mx
 import numpy as np
 
 from .errors import ModelError
+
+QUANTIZE_OPS = {"_contrib_quantize_v2", "_contrib_quantize", "_sg_mkldnn_quantize"}
+# MXNet reads this at every bind: unset, each bind prints "Subgraph backend MKLDNN is activated".
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
 
 class MXNetModel:
@@ -35,7 +45,7 @@ class MXNetModel:
         missing += [a for a in symbol.list_auxiliary_states() if a not in auxs]
         if missing:
             raise ModelError(f"params lack {len(missing)} arrays the graph needs, e.g. {missing[0]}", params_path)
-        self.input_name = input_name
+        self.input_name, self.precision = input_name, graph_precision(symbol)
         try:
             self._exe = symbol.simple_bind(mx.cpu(), grad_req="null", **{input_name: (1, 3, self.height, self.width)})
         except Exception as exc:
@@ -68,13 +78,27 @@ class MXNetModel:
         return {name: out.asnumpy() for name, out in zip(self.output_names, outputs)}
 
 
+def graph_nodes(symbol):
+    """The graph's nodes as JSON. `remove_amp_cast=False`: with the default, MXNet 1.9.1 leaks a
+    copy of the graph at every call (apache/mxnet#19574), which a device that swaps models
+    would carry for good; both give the same JSON for graphs without AMP casts."""
+    return json.loads(symbol.tojson(remove_amp_cast=False))["nodes"]
+
+
+def graph_precision(symbol):
+    """"int8" for a graph core.quantize made (it quantizes its input somewhere), else "fp32"."""
+    ops = {node["op"] for node in graph_nodes(symbol)}
+    return "int8" if ops & QUANTIZE_OPS else "fp32"
+
+
 def resize(image, width, height):
     """Resize for a network or a training frame: area-averaged when shrinking, so thin texture
-    does not alias, at a fraction of INTER_AREA's cost on big frames (linear to twice the
-    target first, then an exact 2:1 area step)."""
+    does not alias, at a fraction of INTER_AREA's cost on big frames: exact 2:1 area steps (the
+    fast path of OpenCV's INTER_AREA) while the image is over twice the target, then one linear step."""
     h, w = image.shape[:2]
-    if w <= 2 * width or h <= 2 * height:
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
-    image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-
+    while w > 2 * width and h > 2 * height:
+        w, h = w // 2, h // 2
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    if (w, h) == (width, height):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > 2 * width else cv2.INTER_LINEAR)

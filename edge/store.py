@@ -130,7 +130,7 @@ class Entry:
 
     def to_json(self):
         return {"version": self.version, "name": self.meta.get("name"), "input": self.meta.get("input"),
-                "classes": self.meta.get("classes"), "created": self.meta.get("created"),
+                "precision": self.meta.get("precision", "fp32"), "classes": self.meta.get("classes"), "created": self.meta.get("created"),
                 "added": self.added, "bytes": self.size(), "bad": self.bad, "folder": self.folder.name}
 
 
