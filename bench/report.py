@@ -8,9 +8,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def load_average():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def machine():
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
-            "load_avg": [round(v, 2) for v in os.getloadavg()]}
+            "load_avg": load_average()}
 
 
 def table(rows, columns):

@@ -9,12 +9,17 @@ random-weight package. Every processed frame publishes an event (threshold 0), s
 `seq` show frames skipped or processed twice, and their arrival times the gaps in the loop.
 Figures: frames dropped during swaps (must be 0), the largest gap between processed frames
 during swaps against the median gap without swaps, upload-start-to-first-detection time, and
-the service's RSS before and after the swaps.
+the service's memory (target: at most 250 MB, flat across the swaps): its RSS at start (no
+model yet), with the first model, every --every swaps, after the last and at its peak, the
+anonymous and file-backed parts of it at the end, against a bare `import mxnet, cv2`; and the
+machine's load average at start and end (other work on the machine skews the frame gaps).
 """
 import argparse
 import json
+import os
 import queue
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +37,7 @@ from core.client import DeviceClient  # noqa: E402
 from core.devices import Device  # noqa: E402
 from core.ssd import dummy_package  # noqa: E402
 
-from .report import save, table  # noqa: E402
+from .report import load_average, save, table  # noqa: E402
 
 TOKEN = "bench"
 
@@ -61,6 +66,28 @@ class Events:
         self.client.disconnect()
 
 
+MB = 2 ** 20
+BARE_IMPORT = "import mxnet, cv2; print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')))"
+
+
+def bare_import_mb():
+    """RSS of a Python that only imports MXNet and OpenCV: the floor under the service."""
+    return int(subprocess.run([sys.executable, "-c", BARE_IMPORT], capture_output=True, text=True,
+                              check=True).stdout) / 1024
+
+
+def memory_mb(pid):
+    """The process's RSS split as /proc/<pid>/smaps_rollup does: anonymous (heap, arrays,
+    thread stacks) and file-backed (mapped libraries), and its peak RSS so far (VmHWM)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        fields = dict(line.split()[:2] for line in rollup if line.split()[0].endswith(":"))
+    with open(f"/proc/{pid}/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    anonymous, rss = int(fields["Anonymous:"]), int(fields["Rss:"])
+    return {"anonymous": round(anonymous / 1024, 1), "file": round((rss - anonymous) / 1024, 1),
+            "peak": round(peak / 1024, 1)}
+
+
 def gaps(events):
     """(skipped frames, repeated frames, gaps between arrivals in ms) of a run of events."""
     skipped = sum(max(0, b[1] - a[1] - 1) for a, b in zip(events, events[1:]))
@@ -75,7 +102,9 @@ def main():
     parser.add_argument("--frame-size", default="640x360")
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--baseline", type=float, default=10.0, help="Seconds measured without swaps.")
+    parser.add_argument("--every", type=int, default=5, help="Show the service's RSS every this many swaps.")
     args = parser.parse_args()
+    load_start, bare_mb = load_average(), bare_import_mb()
 
     with tempfile.TemporaryDirectory(prefix="swap-bench-") as tmp:
         tmp = Path(tmp)
@@ -87,10 +116,12 @@ def main():
                               "--frame-size", args.frame_size, "--artifacts", str(tmp / "artifacts"),
                               "--threshold", "0", "--token", TOKEN, "--health-slowdown", "100").start()
         events = Events(broker.address, "testcam")
+        process = psutil.Process(service.proc.pid)
         try:
+            time.sleep(2)
+            rss_start = process.memory_info().rss
             client = DeviceClient(Device("bench", service.url, TOKEN))
             swap(client, packages[0].folder, wait=60)
-            process = psutil.Process(service.proc.pid)
             time.sleep(2)
             events.drain()
             rss_before = process.memory_info().rss
@@ -104,12 +135,14 @@ def main():
                 windows.append((start, time.monotonic()))
                 first_detection.append(result["first_detection_s"] * 1000)
                 rss.append(process.memory_info().rss)
+                shown = f", service RSS {rss[-1] / MB:.1f} MB" if i % args.every == 0 else ""
                 print(f"swap {i}/{args.swaps}: {result['version']} first detection after "
-                      f"{first_detection[-1]:.0f} ms", file=sys.stderr)
+                      f"{first_detection[-1]:.0f} ms{shown}", file=sys.stderr)
             time.sleep(1)
             during = events.drain()
             status = client.status()
             rss_after = process.memory_info().rss
+            memory = memory_mb(process.pid)
         finally:
             events.close()
             service.stop()
@@ -134,9 +167,15 @@ def main():
         "max_gap_ratio": round(max(in_windows) / normal_gap, 2),
         "upload_to_first_detection_ms": {"median": round(statistics.median(first_detection)),
                                          "max": round(max(first_detection))},
-        "rss_mb": {"before": round(rss_before / 2**20, 1), "after_half": round(rss[len(rss) // 2 - 1] / 2**20, 1),
-                   "after": round(rss_after / 2**20, 1), "after_each_swap": [round(v / 2**20, 1) for v in rss]},
+        "rss_mb": {"bare_import": round(bare_mb, 1), "start": round(rss_start / MB, 1),
+                   "before": round(rss_before / MB, 1), "after_half": round(rss[len(rss) // 2 - 1] / MB, 1),
+                   "after": round(rss_after / MB, 1), "max": memory["peak"],
+                   "growth_over_swaps": round((rss_after - rss_before) / MB, 1),
+                   "after_each_swap": [round(v / MB, 1) for v in rss],
+                   "at_end": {"anonymous": memory["anonymous"], "file": memory["file"]}},
+        "load_avg": {"start": load_start, "end": load_average()},
     }
+    every = [f"{i}: {v / MB:.0f}" for i, v in enumerate(rss, 1) if i % args.every == 0]
     table([
         {"figure": "frames skipped during swaps", "value": swap_skipped, "note": f"{len(during)} frames processed"},
         {"figure": "frames skipped without swaps", "value": base_skipped, "note": f"{args.baseline:g} s baseline"},
@@ -149,8 +188,16 @@ def main():
         {"figure": "largest gap during swaps / normal gap", "value": figures["max_gap_ratio"]},
         {"figure": "upload start -> first detection, median / max (ms)",
          "value": f"{figures['upload_to_first_detection_ms']['median']} / {figures['upload_to_first_detection_ms']['max']}"},
-        {"figure": "service RSS before / half-way / after (MB)",
-         "value": f"{figures['rss_mb']['before']} / {figures['rss_mb']['after_half']} / {figures['rss_mb']['after']}"},
+        {"figure": "RSS: bare `import mxnet, cv2` / service at start (MB)",
+         "value": f"{figures['rss_mb']['bare_import']} / {figures['rss_mb']['start']}", "note": "no model yet"},
+        {"figure": "service RSS with the first model / after the swaps / max (MB)",
+         "value": f"{figures['rss_mb']['before']} / {figures['rss_mb']['after']} / {figures['rss_mb']['max']}",
+         "note": f"growth {figures['rss_mb']['growth_over_swaps']} MB"},
+        {"figure": f"service RSS every {args.every} swaps (MB)", "value": ", ".join(every) or "-"},
+        {"figure": "service RSS at end: anonymous / file-backed (MB)",
+         "value": f"{memory['anonymous']} / {memory['file']}", "note": "file-backed: shared libraries"},
+        {"figure": "load average (1, 5, 15 min) at start / end",
+         "value": f"{load_start} / {figures['load_avg']['end']}", "note": f"{os.cpu_count()} CPUs"},
     ], ["figure", "value", "note"])
     save("swap_bench", figures)
 

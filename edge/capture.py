@@ -2,7 +2,9 @@
 
 A frame is refused when core.quality finds it broken (a flat band from a half-decoded
 MJPEG frame, a black frame, or, for live sources, the previous frame again). The caller
-gets the first clean frame newer than its request, or NoCleanFrame with the reasons.
+gets the camera's latest frame when it is fresh enough and clean, else the first clean frame
+newer than its request, or NoCleanFrame with the reasons. Requests that come together share
+the work: each frame is checked once, and encoded once per crop, size and format.
 """
 import collections
 import time
@@ -13,6 +15,8 @@ from core.errors import Unavailable
 from core.quality import check_frame
 from core.runtime import resize
 
+from .shared import Shared
+
 FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 MB = 1024 * 1024
 # What a frame's encoding may come to, as a share of its raw size (width x height x 3): PNG as
@@ -22,6 +26,9 @@ ENCODED_SHARE = {"jpeg": 0.25, "png": 1.0}
 # JPEG 3.5 ns), to plan how long a burst takes before it starts.
 ENCODE_NS_PER_PIXEL = {"jpeg": 8, "png": 80}
 CAMERA_FPS = 30.0  # the pace assumed for a camera that has not measured its own yet
+VERDICTS = 8  # frames whose check is kept: the latest few
+SHOTS = 4  # encoded frames kept: the latest frame in a few shapes and formats
+Shot = collections.namedtuple("Shot", "data width height mapping")
 
 
 class NoCleanFrame(Unavailable):
@@ -33,24 +40,60 @@ class NoCleanFrame(Unavailable):
         super().__init__(f"no clean frame within {deadline:g} s ({why})")
 
 
-def grab_clean(grabber, deadline, live=True):
-    """The first clean frame that starts after this call; refuses broken ones until `deadline` s."""
-    end = time.monotonic() + deadline
-    rejected = collections.Counter()
-    previous = grabber.latest()
-    after = previous.seq if previous else -1
-    while True:
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            raise NoCleanFrame(deadline, rejected)
-        frame = grabber.wait_next(after, timeout=remaining)
-        if frame is None:
-            continue
-        reason = check_frame(frame.image, previous.image if live and previous else None)
-        if reason is None:
-            return frame, rejected
-        rejected[reason] += 1
-        previous, after = frame, frame.seq
+class CleanFrames:
+    """Clean frames of one camera (a FrameGrabber) for /capture, the work shared by the requests
+    that want the same frame at the same time, as the live view shares its JPEGs.
+
+    `fresh_s`: the latest frame, when taken less than this long ago, is served at once, rather
+    than the request waiting for the camera's next frame (0: always wait); `deadline`: how long
+    to wait for a clean one; `live`: whether a frame equal to the one before it is refused."""
+
+    def __init__(self, grabber, deadline, fresh_s=0.0, live=True):
+        self.grabber, self.deadline, self.fresh_s, self.live = grabber, deadline, fresh_s, live
+        self._verdicts, self._shots = Shared(VERDICTS), Shared(SHOTS)
+
+    def grab(self, after=-1):
+        """The latest frame when it is fresh (see `fresh_s`), clean and newer than seq `after`;
+        else the first clean frame taken after this call (and after `after`), waiting up to
+        `deadline` s before NoCleanFrame with the refused frames' reasons."""
+        end = time.monotonic() + self.deadline
+        rejected = collections.Counter()
+        latest = self.grabber.latest()
+        if latest is not None and latest.seq > after:
+            if time.time() - latest.ts < self.fresh_s:
+                reason = self.verdict(latest)
+                if reason is None:
+                    return latest
+                rejected[reason] += 1
+            after = latest.seq
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise NoCleanFrame(self.deadline, rejected)
+            frame = self.grabber.wait_next(after, timeout=remaining)
+            if frame is None:
+                continue
+            reason = self.verdict(frame)
+            if reason is None:
+                return frame
+            rejected[reason] += 1
+            after = frame.seq
+
+    def verdict(self, frame):
+        """Why `frame` is broken (core.quality.check_frame; for a live camera, against the frame
+        before it while the grabber holds it), or None when clean; checked once per frame."""
+        def check():
+            previous = self.grabber.before(frame) if self.live else None
+            return check_frame(frame.image, None if previous is None else previous.image)
+        return self._verdicts.get(frame.seq, check)
+
+    def shot(self, frame, crop=None, size=None, fmt="jpeg"):
+        """`frame` shaped (see `shape`) and encoded as `fmt`: a Shot of the bytes, the image's
+        width and height, and shape's mapping; made once per frame, crop, size and format."""
+        def make():
+            image, mapping = shape(frame.image, crop, size)
+            return Shot(encode(image, fmt), image.shape[1], image.shape[0], mapping)
+        return self._shots.get((frame.seq, crop, size, fmt), make)
 
 
 def shape(image, crop=None, size=None):

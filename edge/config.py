@@ -114,6 +114,10 @@ SETTINGS = [
     Setting("max_event_rate", float, 0.0, "Most detection events per second (0: one per processed frame).", _not_negative),
     Setting("threshold", float, 0.4, "Detection score threshold until one is set at run time.", _unit),
     Setting("capture_deadline", float, 2.0, "Seconds /capture waits for a clean frame before answering 503.", _positive),
+    Setting("capture_fresh_s", float, 0.05, "/capture serves the camera's latest frame at once when it was taken less "
+            "than this many seconds ago (0.05: about one frame period, so a running camera answers at once); "
+            "otherwise, and always with 0, it waits for the camera's next frame.",
+            lambda v: None if 0.0 <= v <= 1.0 else "must be between 0 and 1 (seconds)"),
     Setting("capture_burst_s", float, 5.0, "Most seconds a /capture burst may take by its count and interval_ms; "
             "longer is refused with 400 (slower sequences: one frame at a time, as deeplens-ctl pull does).",
             _positive),

@@ -11,11 +11,13 @@ when the broker is 'none'. Topic names and documents are core.topics' (docs/mqtt
   broker's return. No exception can end it (paho's callbacks are ours and catch everything);
   if it ends anyway, the sender thread restarts it.
 - the sender thread moves messages from our offline queue to paho while the broker is there,
-  at most `WINDOW` unacknowledged at a time. The queue holds `queue_limit` detection (and
-  legacy) events; when it is full the OLDEST is dropped and counted. The status document is
-  kept apart: never dropped, sent first, and sent again after every connect (a last will may
-  have said offline meanwhile). So are other retained documents (`publish_retained`: Home
-  Assistant discovery), sent after the status and before waiting events.
+  at most `WINDOW` unacknowledged at a time, encoding each event's JSON as it goes (a
+  detections event can be 20 KB: not the inference loop's time). The queue holds `queue_limit`
+  detection (and legacy) events; when it is full the OLDEST is dropped and counted. On stop,
+  the events still waiting are sent before the offline status (for up to STOP_FLUSH_S). The
+  status document is kept apart: never dropped, sent first, and sent again after every connect
+  (a last will may have said offline meanwhile). So are other retained documents
+  (`publish_retained`: Home Assistant discovery), sent after the status and before waiting events.
 
 `alive()` is false when the network thread is dead or has made no progress for `stuck_after`
 seconds; the inference loop then stops its systemd watchdog pings (edge/inference.py), so a
@@ -51,7 +53,8 @@ STUCK_AFTER_S = 30.0  # no heartbeat from the network thread for this long: not 
 SUPERVISE_S = 1.0  # how often the sender thread looks at the network thread
 MAX_THREAD_DEATHS = 5  # network thread deaths within DEATH_WINDOW_S before we leave it to the watchdog
 DEATH_WINDOW_S = 60.0
-STOP_FLUSH_S = 2.0  # how long stop() waits for the broker to take the offline status
+STOP_FLUSH_S = 2.0  # how long stop() sends the waiting events, then how long it waits for the broker
+# to take the offline status
 COMMAND_MAX_BYTES = 64 * 1024  # a threshold command with a thousand classes is about 40 KB
 COMMAND_MAX_DEPTH = 8  # {"per_class": {"label": 0.5}} nests 2 levels
 
@@ -110,14 +113,15 @@ class Publisher:
         # One lock for our state, and the condition the sender thread waits on. It is never held
         # while calling into paho (paho holds its own locks while calling us back).
         self._cond = threading.Condition()
-        self._queue = collections.deque()  # (topic, payload) of detection and legacy events, oldest first
+        self._queue = collections.deque()  # (topic, document) of detection and legacy events, oldest first
         self._status = None  # the last status payload: never dropped, re-sent after every connect
         self._status_due = False
         self._retained = {}  # topic -> payload of publish_retained messages: re-sent after every connect
         self._retained_due = {}  # topic -> payload (b"" clears the topic) not yet handed to paho
         self._commands = {}  # topic -> callback(dict)
         self._connected = False
-        self._closing = False  # stop() began: the sender stops, the network thread stops reconnecting
+        self._closing = False  # stop() began: the sender flushes, the network thread stops reconnecting
+        self._flush_until = float("inf")  # when stop() gives up sending the waiting events
         self._done = threading.Event()  # the network thread ends
         self._handed = self._acked = self._dropped = 0
         self._command_errors = self._connects = self._loop_restarts = 0
@@ -155,13 +159,16 @@ class Publisher:
         log.info("MQTT publisher started", extra={"fields": {"broker": self.address, "prefix": self.topics.prefix}})
 
     def stop(self):
-        """Say `offline` on the status topic (retained) and disconnect, so no last will fires."""
+        """Send the events still waiting (STOP_FLUSH_S at most), then say `offline` on the status
+        topic (retained) and disconnect, so no last will fires."""
         with self._cond:
             self._closing = True
-            connected = self._connected
+            self._flush_until = time.monotonic() + STOP_FLUSH_S
             self._cond.notify_all()
         if self._sender is not None:
-            self._sender.join(STOP_FLUSH_S)
+            self._sender.join(STOP_FLUSH_S + SUPERVISE_S)  # it stops at _flush_until, its last publish done
+        with self._cond:
+            connected = self._connected
         network_runs = self._network is not None and self._network.is_alive()
         if connected and network_runs:
             with self._cond:
@@ -225,7 +232,7 @@ class Publisher:
         self.publish_retained(self.topics.counts, doc)
 
     def _enqueue(self, topic, doc):
-        payload = json.dumps(doc)
+        """Queue `doc` for the sender thread, which encodes it: the caller must not change it after."""
         dropped = 0
         with self._cond:
             if self._closing:
@@ -234,14 +241,15 @@ class Publisher:
                 self._queue.popleft()  # the oldest: a fresh event says more about now
                 self._dropped += 1
                 dropped = self._dropped
-            self._queue.append((topic, payload))
+            self._queue.append((topic, doc))
             self._cond.notify_all()
         if dropped and (dropped == 1 or dropped % 100 == 0):
             log.warning("MQTT offline queue full: dropping the oldest events",
                         extra={"fields": {"dropped": dropped, "limit": self._queue_limit}})
 
     def _sender_main(self):
-        """Hand queued messages to paho while connected, the status first, WINDOW at a time."""
+        """Hand queued messages to paho while connected, the status first, WINDOW at a time; once
+        stop() began, only until nothing waits, the broker is gone or STOP_FLUSH_S has passed."""
         check_at = 0.0
         while True:
             with self._cond:
@@ -250,11 +258,12 @@ class Publisher:
                     if now >= check_at:
                         self._supervise()
                         check_at = now + SUPERVISE_S
-                    if self._closing or self._sendable():
+                    if self._closing and not (self._connected and now < self._flush_until and self._waiting()):
+                        return
+                    if self._sendable():
                         break
-                    self._cond.wait(check_at - now)
-                if self._closing:
-                    return
+                    self._cond.wait(min(check_at, self._flush_until) - now)
+                event = None
                 if self._status_due:
                     topic, payload, retain = self.topics.status, self._status, True
                     self._status_due = False
@@ -262,22 +271,26 @@ class Publisher:
                     topic = next(iter(self._retained_due))
                     payload, retain = self._retained_due.pop(topic), True
                 else:
-                    (topic, payload), retain = self._queue.popleft(), False
+                    (topic, event), retain = self._queue.popleft(), False
                 self._handed += 1  # before publish(): its acknowledgement may come first
             try:
+                if event is not None:
+                    payload = json.dumps(event)
                 # Not connected any more? paho keeps a QoS 1 message and sends it after reconnecting.
                 self._client.publish(topic, payload, qos=1, retain=retain)
-            except Exception as exc:  # a payload paho refuses (too large for MQTT): lose it, loudly
+            except Exception as exc:  # not JSON, or a payload paho refuses (too large for MQTT): lose it, loudly
                 with self._cond:
                     self._handed -= 1
                     self._dropped += 1
                 log.error("MQTT publish failed", extra={"fields": {"topic": topic, "error": exc}})
 
+    def _waiting(self):
+        return self._status_due or bool(self._retained_due) or bool(self._queue)
+
     def _sendable(self):
         if not self._connected:
             return False
-        return self._status_due or ((bool(self._retained_due) or bool(self._queue))
-                                    and self._handed - self._acked < WINDOW)
+        return self._status_due or (self._waiting() and self._handed - self._acked < WINDOW)
 
     # commands
 

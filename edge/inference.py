@@ -35,7 +35,10 @@ class InferenceLoop(threading.Thread):
         pass the threshold), in the loop's thread, so each must be quick and hand any slow work to
         a thread of its own.
         `timings`: called with each such frame's {stage: ms}, once all stages are done (the
-        observers run within `publish`), for the Prometheus histograms (edge/metrics.py)."""
+        observers run within `publish`), for the Prometheus histograms (edge/metrics.py).
+        `work_ms` is the loop's own time per such frame: from the camera's frame in hand to the
+        frame done (every stage but `grab`, which waits for the camera), set against the camera's
+        frame period it is the loop's headroom."""
         super().__init__(name="inference", daemon=True)
         self.grabber, self.threshold, self.publisher, self.manager = grabber, threshold, publisher, manager
         self.observers = list(observers)
@@ -49,6 +52,7 @@ class InferenceLoop(threading.Thread):
         self.errors = 0
         self.fps = Rate()
         self.stage_ms = {stage: Rolling() for stage in STAGES}
+        self.work_ms = Rolling()
         self._stop_event = threading.Event()
         self._last_event_at = 0.0
 
@@ -115,3 +119,4 @@ class InferenceLoop(threading.Thread):
             self.timings(timings)
         self.frames_processed += 1
         self.fps.tick()
+        self.work_ms.add((time.perf_counter() - grabbed) * 1000)

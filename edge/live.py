@@ -23,6 +23,8 @@ from flask import current_app, request
 
 from core.errors import Unavailable
 
+from .shared import Shared
+
 log = logging.getLogger(__name__)
 
 SOCKET_KEY = "deeplens.socket"  # the client's socket in the WSGI environ (edge/runtime.py http_server)
@@ -86,13 +88,6 @@ class Slot:
                 del self.live.held[self.client]
 
 
-class _Encoded:
-    __slots__ = ("done", "data", "error")
-
-    def __init__(self):
-        self.done, self.data, self.error = threading.Event(), None, None
-
-
 class Live:
     def __init__(self, config):
         self.slots, self.per_client = config.live_slots, config.live_per_client
@@ -100,8 +95,7 @@ class Live:
         self.lock = threading.Lock()
         self.held = collections.Counter()
         self.stopping = threading.Event()
-        self.encodes = 0
-        self._cache = collections.OrderedDict()
+        self._jpegs = Shared(CACHE)
 
     def take(self, what):
         """A slot for the current request's long-lived response, or 503 when the pool or this
@@ -127,32 +121,8 @@ class Live:
         self.stopping.set()
 
     def shared(self, key, make):
-        """`make()`'s bytes for `key` (e.g. (frame seq, size)), made once however many ask at once:
-        the first caller makes them, the others wait for them."""
-        with self.lock:
-            entry = self._cache.get(key)
-            mine = entry is None
-            if mine:
-                entry = self._cache[key] = _Encoded()
-                while len(self._cache) > CACHE:
-                    self._cache.popitem(last=False)
-        if mine:
-            try:
-                entry.data = make()
-                self.encodes += 1
-            except BaseException as exc:
-                entry.error = exc
-                with self.lock:
-                    if self._cache.get(key) is entry:
-                        del self._cache[key]
-                raise
-            finally:
-                entry.done.set()
-        else:
-            entry.done.wait()
-            if entry.error is not None:
-                raise entry.error
-        return entry.data
+        """`make()`'s bytes for `key` (e.g. (frame seq, size)), made once however many ask at once."""
+        return self._jpegs.get(key, make)
 
 
 def live():

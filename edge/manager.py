@@ -32,6 +32,8 @@ from core.detector import Detector
 from core.errors import Conflict, DeepLensError, ModelError
 from core.package import MODEL_JSON
 
+from . import memory
+
 log = logging.getLogger(__name__)
 REPORT_TIMEOUT_S = 5.0  # the longest the loop waits for a verdict on a watched frame
 
@@ -236,17 +238,22 @@ class ModelManager:
 
     # -- the manager's thread ----------------------------------------------------------------
     def _run(self):
-        while True:
-            command = self._commands.get()
-            if command is None:
-                return
-            future, func, args = command
-            if not future.set_running_or_notify_cancel():
-                continue
+        while self._handle(self._commands.get()):
+            pass
+
+    def _handle(self, command):
+        """Run one command; False to stop. A call of its own, so that nothing of a command (the
+        trial holding the model swapped out, a checked package's detector) stays referenced from
+        this thread while it waits for the next one."""
+        if command is None:
+            return False
+        future, func, args = command
+        if future.set_running_or_notify_cancel():
             try:
                 future.set_result(func(*args))
             except BaseException as exc:  # the caller gets it; the machine goes on
                 future.set_exception(exc)
+        return True
 
     def _enter(self, state, kind=None, version=None):
         self.swap = Swap(state, kind or self.swap.kind, version or self.swap.version, _now())
@@ -318,6 +325,7 @@ class ModelManager:
 
     def _check(self, folder):
         self._require_resting()
+        self._post(memory.release)  # runs after this command, once the checked detector is dropped
         detector = Detector.open(folder, crop=self.config.crop)
         expected = self.expected_input()
         size = detector.model.width, detector.model.height
@@ -344,6 +352,7 @@ class ModelManager:
             self._warm(detector)
         except ModelError as exc:
             self.swap = resting
+            self._post(memory.release)
             self.store.mark_bad(entry.version, str(exc))
             raise ModelError(f"{entry.version} was not switched in: {exc}", code="model_failed") from None
         except BaseException:
@@ -403,3 +412,4 @@ class ModelManager:
             self.last_swap = dataclasses.replace(self.last_swap, result="ok" if passed else "rolled_back")
             self._enter(State.CONFIRMED if passed else State.ROLLED_BACK)
             self._on_change()
+            self._post(memory.release)  # after this command, which holds the model left behind

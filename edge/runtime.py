@@ -6,7 +6,6 @@ model, a camera not there yet or an external broker that is down leave the servi
 with the reason in /status; an embedded broker that cannot start stops the start, with why.
 Model changes belong to the model manager (edge/manager.py).
 """
-import ctypes
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ from core.errors import DeepLensError
 from core.tls import certificate_fingerprint
 from shims.camera import FrameGrabber
 
-from . import events
+from . import events, memory
 from .broker import start_broker
 from .counting import Counter, ZoneStore
 from .discovery import Discovery
@@ -146,6 +145,7 @@ class Runtime:
             "fps": loop.fps.per_second(),
             "inference_ms": infer,
             "stage_ms": {stage: loop.stage_ms[stage].percentiles(50, 99) for stage in STAGES},
+            "work_ms": loop.work_ms.percentiles(50, 99),
             "frames_processed": loop.frames_processed,
             "frames_dropped": loop.frames_dropped,
             "inference_errors": loop.errors,
@@ -195,7 +195,7 @@ def serve_forever(config, announce=False):
     from .app import create_app
     from .live import stop as stop_live
 
-    _few_malloc_arenas()
+    memory.tune()
     try:
         server = http_server(config)
     except ssl.SSLError as exc:
@@ -234,22 +234,6 @@ def serve_forever(config, announce=False):
         server.stop()
         runtime.stop()
     return 0
-
-
-MALLOC_ARENAS = 2
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def _few_malloc_arenas():
-    """Cap glibc's malloc arenas (one per busy thread by default, up to 8 per core): each keeps
-    the frame-sized blocks its thread freed, so 40 request threads taking /capture in turn grew
-    the service by 50-60 MB; with 2 arenas it grows by under 10 MB, at no measurable CPU cost."""
-    if "MALLOC_ARENA_MAX" in os.environ:  # the operator's choice wins
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 API_THREADS = 16  # request threads for everything but the long-lived responses (streams, bursts)

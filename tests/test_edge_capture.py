@@ -1,6 +1,8 @@
 """GET /capture: a clean, raw camera frame for training — never one with boxes, never a broken one."""
+import concurrent.futures
 import io
 import json
+import threading
 import time
 import zipfile
 from email.parser import BytesParser
@@ -10,7 +12,11 @@ import numpy as np
 import pytest
 import requests
 
-from edge.capture import map_truth, shape
+import edge.capture
+from edge import config as config_mod
+from edge.capture import CleanFrames, NoCleanFrame, map_truth, shape
+from edge.errors import ConfigError
+from shims.camera import Frame
 
 SMALL = ("--frame-size", "640x360", "--broker", "none")
 
@@ -176,11 +182,10 @@ def test_a_burst_is_sent_frame_by_frame(service):
 def test_a_burst_that_loses_its_camera_ends_with_the_error(pack, monkeypatch):
     """The first frame decides the status; a later frame that cannot be had ends the burst with
     the error as its last part (multipart) or error.json (zip)."""
-    import edge.api.capture as capture_api
-    from edge.capture import NoCleanFrame
+    from edge.capture import CleanFrames, NoCleanFrame
     from test_live_view import InProcess
 
-    real, calls = capture_api.grab_clean, []
+    real, calls = CleanFrames.grab, []
 
     def failing_second(*args, **kwargs):
         calls.append(1)
@@ -188,7 +193,7 @@ def test_a_burst_that_loses_its_camera_ends_with_the_error(pack, monkeypatch):
             raise NoCleanFrame(2.0, {"black": 3})
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(capture_api, "grab_clean", failing_second)
+    monkeypatch.setattr(CleanFrames, "grab", failing_second)
     service = InProcess()
     try:
         response = requests.get(service.url + "/capture", params={"count": 3, "pack": pack}, timeout=10)
@@ -205,3 +210,114 @@ def test_a_burst_that_loses_its_camera_ends_with_the_error(pack, monkeypatch):
         parts = message.get_payload()
         assert [p.get_content_type() for p in parts] == ["image/jpeg", "application/json"]
         assert json.loads(parts[1].get_payload())["error"]["code"] == "no_clean_frame"
+
+
+# -- the work shared by requests at once, and frames fresh enough to serve at once -----------------
+
+class ScriptedCamera:
+    """FrameGrabber's reading side over frames a test lays out: `published` so far (the last is the
+    latest), `coming` handed out one per wait_next; `waits` counts the waits for a next frame."""
+
+    def __init__(self, published, coming=()):
+        self.published, self.coming, self.waits = list(published), list(coming), 0
+
+    def latest(self):
+        return self.published[-1] if self.published else None
+
+    def before(self, frame):
+        return next((f for f in self.published if f.seq == frame.seq - 1), None)
+
+    def wait_next(self, after_seq=-1, timeout=None):
+        self.waits += 1
+        while self.coming:
+            self.published.append(self.coming.pop(0))
+            if self.published[-1].seq > after_seq:
+                return self.published[-1]
+        time.sleep(min(timeout or 0.01, 0.01))
+        return None
+
+
+def frame(seq, age=0.0, image=None):
+    """A Frame taken `age` seconds ago; its own noise unless `image` is given."""
+    if image is None:
+        image = np.random.default_rng(seq).integers(30, 255, (90, 160, 3), dtype=np.uint8)
+    return Frame(seq, time.time() - age, image)
+
+
+def test_a_fresh_latest_frame_is_served_at_once():
+    camera = ScriptedCamera([frame(0), frame(1, age=0.01)], [frame(2)])
+    assert CleanFrames(camera, 1.0, fresh_s=0.05).grab().seq == 1 and camera.waits == 0
+
+
+@pytest.mark.parametrize("fresh_s, age", [(0.0, 0.0), (0.05, 0.2)])
+def test_with_fresh_s_0_or_a_stale_latest_frame_the_next_is_waited_for(fresh_s, age):
+    camera = ScriptedCamera([frame(0), frame(1, age=age)], [frame(2)])
+    assert CleanFrames(camera, 1.0, fresh_s=fresh_s).grab().seq == 2 and camera.waits == 1
+
+
+def test_a_fresh_latest_frame_that_is_broken_or_frozen_is_not_served():
+    black = ScriptedCamera([frame(0), frame(1, image=np.zeros((90, 160, 3), np.uint8))], [frame(2)])
+    assert CleanFrames(black, 1.0, fresh_s=0.05).grab().seq == 2
+    frozen = ScriptedCamera([frame(0), frame(1, image=frame(0).image)], [frame(2)])
+    assert CleanFrames(frozen, 1.0, fresh_s=0.05).grab().seq == 2
+    with pytest.raises(NoCleanFrame, match="frozen: 1"):
+        CleanFrames(ScriptedCamera([frame(0), frame(1, image=frame(0).image)]), 0.1, fresh_s=0.05).grab()
+
+
+def test_a_burst_frame_is_newer_than_the_one_before_however_fresh_the_latest():
+    camera = ScriptedCamera([frame(0), frame(1)], [frame(2)])
+    assert CleanFrames(camera, 1.0, fresh_s=0.05).grab(after=1).seq == 2
+
+
+def test_eight_requests_at_once_cost_one_check_and_one_encode(monkeypatch):
+    checks, encodes = [], []
+    real_check, real_encode = edge.capture.check_frame, cv2.imencode
+    monkeypatch.setattr(edge.capture, "check_frame", lambda *args: checks.append(1) or real_check(*args))
+    monkeypatch.setattr(cv2, "imencode", lambda *args: encodes.append(1) or real_encode(*args))
+    frames = CleanFrames(ScriptedCamera([frame(0), frame(1, age=0.01)]), 1.0, fresh_s=0.05)
+    start, shots = threading.Barrier(8), []
+
+    def request():
+        start.wait()
+        shots.append(frames.shot(frames.grab(), "square", 50, "jpeg"))
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(shots) == 8 and len({shot.data for shot in shots}) == 1
+    assert (len(checks), len(encodes)) == (1, 1)
+
+
+def test_concurrent_captures_share_one_encode_per_frame(monkeypatch):
+    from test_live_view import InProcess
+    encodes, lock = [], threading.Lock()
+    real = cv2.imencode
+
+    def counting(*args):
+        with lock:
+            encodes.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(cv2, "imencode", counting)
+    service = InProcess()
+    try:
+        def request(_):
+            response = requests.get(service.url + "/capture", params={"crop": "square", "size": 100}, timeout=10)
+            assert response.status_code == 200
+            return response.headers["X-Frame-Seq"]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seqs = list(pool.map(request, range(8)))
+    finally:
+        service.stop()
+    assert len(encodes) == len(set(seqs))
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "soon"])
+def test_capture_fresh_s_is_checked(value):
+    with pytest.raises(ConfigError, match="capture_fresh_s"):
+        config_mod.load(env={"DEEPLENS_CAPTURE_FRESH_S": value})
+    assert config_mod.load(env={}).capture_fresh_s == 0.05
+    assert config_mod.load(env={"DEEPLENS_CAPTURE_FRESH_S": "0"}).capture_fresh_s == 0.0

@@ -21,6 +21,7 @@ def test_status_reports_what_the_device_is_doing(edge_service, dummy_model):
     assert doc["model"]["name"] == "dummy" and doc["model"]["version"] == dummy_model.version
     assert doc["camera"]["connected"] is True
     assert doc["fps"] > 0 and doc["inference_ms"]["p50"] > 0
+    assert doc["work_ms"]["p50"] >= doc["stage_ms"]["infer"]["p50"]  # the loop's whole time per frame, grab aside
     assert doc["mqtt"]["broker"] is None
     assert doc["uptime_s"] >= 0
     assert service.get("/health").json() == {"status": "ok"}

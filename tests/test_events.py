@@ -146,6 +146,32 @@ def test_stop_says_offline(mosquitto, publishers):
     assert retained_status(mosquitto.address) == {"state": "offline"}
 
 
+def test_a_stop_sends_every_waiting_event_in_order_then_offline(mosquitto, subscriber, publishers):
+    """Events are encoded and sent by the sender thread; a stop right after a burst still gets all
+    of them to the broker, in the loop's order, before the offline status."""
+    names = topics("cam1")
+    sub = subscriber(mosquitto.address, names.detections, names.status)
+    pub = publishers(mosquitto.address)
+    wait_until(lambda: pub.stats()["connected"])
+    for seq in range(300):
+        pub.publish_detections(event(seq))
+    pub.stop()
+    got = [(m.topic, json.loads(m.payload)) for m in sub.take(301, timeout=10)]
+    assert [doc["seq"] for topic, doc in got if topic == names.detections] == list(range(300))
+    assert got[-1] == (names.status, {"state": "offline"})
+    assert pub.stats()["dropped"] == 0
+
+
+def test_an_event_json_cannot_hold_is_dropped_and_counted_not_raised(mosquitto, subscriber, publishers):
+    sub = subscriber(mosquitto.address, topics("cam1").detections)
+    pub = publishers(mosquitto.address)
+    wait_until(lambda: pub.stats()["connected"])
+    pub.publish_detections({**event(0), "detections": {1, 2}})  # encoded later, in the sender thread
+    pub.publish_detections(event(1))
+    assert [json.loads(m.payload)["seq"] for m in sub.take(1)] == [1]
+    wait_until(lambda: pub.stats()["dropped"] == 1)
+
+
 def test_threshold_command_survives_bad_input_and_reconnects(mosquitto, publishers, caplog):
     received = queue.Queue()
 

@@ -4,6 +4,7 @@ import shutil
 import signal
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -77,7 +78,8 @@ class FailsOnceServing(Detector):
                 raise RuntimeError("injected fault")
             if self.fault == "nan":
                 return {name: np.full_like(value, np.nan) for name, value in outputs.items()}
-            time.sleep(0.2)
+            if self.fault == "slow":
+                time.sleep(0.2)
         return outputs
 
 
@@ -147,6 +149,31 @@ def test_a_model_failing_its_first_frames_is_rolled_back_and_marked_bad(runtime,
     assert was_retained and retained["models"]["last_rollback"]["from"] == bad
     with pytest.raises(Conflict, match="marked bad"):  # until deleted and uploaded again
         runtime.manager.activate(bad)
+
+
+@pytest.mark.parametrize("fault", [None, "nan"])
+def test_a_settled_swap_leaves_only_the_serving_model_in_memory(runtime, packages, monkeypatch, fault):
+    """The model swapped out (or the one that failed its watch), and the one an upload's check
+    loaded, are freed once the swap settles: the manager keeps nothing of them."""
+    opened = []
+
+    class Tracked(FailsOnceServing):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(weakref.ref(self))
+
+    runtime.manager.activate(packages["a"].version)
+    wait_for(lambda: idle(runtime.status()))
+    first = weakref.ref(runtime.manager.detector)
+    monkeypatch.setattr(FailsOnceServing, "fault", fault)
+    monkeypatch.setattr(edge.manager, "Detector", Tracked)
+    runtime.manager.check(packages["c"].folder)
+    runtime.manager.activate(packages["b"].version)
+    wait_for(lambda: idle(runtime.status()))
+    checked, swapped_in = opened
+    serving, dropped = (swapped_in, first) if fault is None else (first, swapped_in)
+    assert runtime.manager.detector is serving()
+    wait_for(lambda: checked() is None and dropped() is None)
 
 
 # -- concurrency and crashes -------------------------------------------------------------------

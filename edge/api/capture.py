@@ -5,7 +5,8 @@ so frames pulled from it are labelled already (`deeplens-ctl labels import -f im
 
 A request is checked against the memory budget (`capture_budget_mb`) before any work; a burst
 holds one of the live slots (edge/live.py) and is sent frame by frame, so it holds one frame in
-memory, and it stops when its client leaves.
+memory, and it stops when its client leaves. The app's CleanFrames (edge/capture.py) shares the
+checking and encoding of a frame between the requests that want it.
 """
 import io
 import json
@@ -13,17 +14,17 @@ import logging
 import uuid
 import zipfile
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
 from core.errors import DeepLensError, InvalidInput, TooLarge
 
-from ..capture import (FORMATS, MB, encode, estimated_bytes, estimated_seconds, grab_clean, map_truth, shape,
-                       shaped_size)
+from ..capture import FORMATS, MB, CleanFrames, estimated_bytes, estimated_seconds, map_truth, shaped_size
 from ..live import hold, live
 from . import query, runtime
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("capture", __name__)
+FRAMES_KEY = "deeplens.capture"  # the app's CleanFrames in app.extensions
 
 OPTIONS = {
     "format": (tuple(FORMATS), "jpeg", None),
@@ -35,23 +36,35 @@ OPTIONS = {
 }
 
 
-def _frame_headers(frame, image, mapping):
+def _frame_headers(frame, shot):
     """Timestamp, sequence number and size; and for a synthetic camera the true boxes in this image's pixels."""
-    height, width = image.shape[:2]
     headers = {"X-Frame-Timestamp": f"{frame.ts:.6f}", "X-Frame-Seq": str(frame.seq),
-               "X-Frame-Width": str(width), "X-Frame-Height": str(height)}
+               "X-Frame-Width": str(shot.width), "X-Frame-Height": str(shot.height)}
     if frame.truth is not None:
-        headers["X-Frame-Truth"] = json.dumps(map_truth(frame.truth, mapping, width, height), separators=(",", ":"))
+        headers["X-Frame-Truth"] = json.dumps(map_truth(frame.truth, shot.mapping, shot.width, shot.height),
+                                              separators=(",", ":"))
     return headers
 
 
-def _grab(rt, opts, check=False):
-    """(data, headers) of the next clean frame; `check`: the budget is checked on it first."""
-    frame, _ = grab_clean(rt.grabber, rt.config.capture_deadline, live=rt.camera_is_live)
+def clean_frames(rt):
+    """The app's CleanFrames, made on first use from the runtime's camera and settings (two first
+    requests at once may each make one: one is kept, the other serves its request and is dropped).
+    Taken in the request: a burst's generator runs outside the app context."""
+    found = current_app.extensions.get(FRAMES_KEY)
+    if found is None:
+        found = current_app.extensions.setdefault(FRAMES_KEY, CleanFrames(
+            rt.grabber, rt.config.capture_deadline, rt.config.capture_fresh_s, live=rt.camera_is_live))
+    return found
+
+
+def _grab(rt, frames, opts, check=False, after=-1):
+    """(data, headers) of a clean frame of `frames` newer than seq `after` (see CleanFrames.grab);
+    `check`: the budget is checked on it first."""
+    frame = frames.grab(after)
     if check:
         _check_limits(rt, opts, frame.image)
-    image, mapping = shape(frame.image, None if opts["crop"] == "none" else opts["crop"], opts["size"] or None)
-    return encode(image, opts["format"]), _frame_headers(frame, image, mapping)
+    shot = frames.shot(frame, None if opts["crop"] == "none" else opts["crop"], opts["size"] or None, opts["format"])
+    return shot.data, _frame_headers(frame, shot)
 
 
 def _check_limits(rt, opts, image=None):
@@ -89,13 +102,14 @@ def capture():
     sent frame by frame as each is taken (one of the live slots, edge/live.py)."""
     rt, opts = runtime(), query(OPTIONS)
     measured = _check_limits(rt, opts)
+    frames = clean_frames(rt)
     extension, mimetype = FORMATS[opts["format"]]
     if opts["count"] == 1:
-        data, headers = _grab(rt, opts, check=measured is None)
+        data, headers = _grab(rt, frames, opts, check=measured is None)
         return Response(data, mimetype=mimetype, headers=headers)
     slot = live().take("a burst")
     try:
-        shots = _shots(rt, opts, slot, _grab(rt, opts, check=measured is None))
+        shots = _shots(rt, frames, opts, slot, _grab(rt, frames, opts, check=measured is None))
         if opts["pack"] == "zip":
             response = Response(_zip(shots, extension), mimetype="application/zip",
                                 headers={"Content-Disposition": "attachment; filename=capture.zip"})
@@ -108,19 +122,21 @@ def capture():
     return hold(response, slot)
 
 
-def _shots(rt, opts, slot, first):
+def _shots(rt, frames, opts, slot, first):
     """The burst's (data, headers), one at a time: the first already taken; then, after each
-    interval, the next. Stops early when the client has gone or the service stops; a frame that
-    cannot be had ends the burst with a _Failed."""
-    yield first
+    interval, the next, newer than the one before. Stops early when the client has gone or the
+    service stops; a frame that cannot be had ends the burst with a _Failed."""
+    shot = first
+    yield shot
     for _ in range(opts["count"] - 1):
         if not slot.wait(opts["interval_ms"] / 1000):
             return
         try:
-            yield _grab(rt, opts)
+            shot = _grab(rt, frames, opts, after=int(shot[1]["X-Frame-Seq"]))
         except DeepLensError as exc:
             yield _Failed(exc)
             return
+        yield shot
 
 
 class _Failed:
