@@ -92,7 +92,7 @@ def main(argv=None):
     parser.add_argument("--calib", type=Path, default=SPLIT / "train.manifest")
     parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()
+    load_before = report.load_average()
     fp32 = load_package(args.package or newest_package())
     work = RESULTS / "model-bench"
     folders = {"fp32": fp32.folder, "fp32, nms_topk 100": with_nms_topk(fp32, 100, work / "topk100").folder}
@@ -137,10 +137,10 @@ def main(argv=None):
                         "mAP@[.5:.95]"])
     print(f"\nint8 vs fp32 on {quantized['frames']} calibration frames: the same detections on "
           f"{quantized['same_detections']}, largest score difference {quantized['max_score_difference']}")
-    print(f"load average (1 min) before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+    print(f"load average (1 min) before / after: {load_before[0]:.2f} / {report.load_average()[0]:.2f} "
           f"on {os.cpu_count()} CPUs")
     report.save("model", {"package": str(fp32.folder), "version": fp32.version, "repeats": args.repeats,
-                          "load_before": list(load_before), "forward_ms": forward_ms, "device_ms": device_ms,
+                          "load_before": load_before, "forward_ms": forward_ms, "device_ms": device_ms,
                           "accuracy": accuracy, "int8_agreement": quantized})
 
 

@@ -113,7 +113,7 @@ def compare_workers(args, train, val, stamp):
     runs = []
     for n, workers in enumerate(int(w) for w in args.compare_workers.split(",")):
         name = f"until-{args.arch}-w{workers}-{stamp}-{n}"
-        load_before = [round(v, 2) for v in os.getloadavg()]
+        load_before = report.load_average()
         command = train_command(args, train, val, name, workers)
         rows, wall = train_until(command, RESULTS / "runs" / name, args.until_map)
         reached = first_reaching(rows, args.until_map)
@@ -124,7 +124,7 @@ def compare_workers(args, train, val, stamp):
                      "images_per_s": round(float(np.mean([r["images_per_s"] for r in rows])), 1),
                      "best_map50": max(r["map50"] for r in rows), "best_map_coco": max(r["map_coco"] for r in rows),
                      "wall_s": round(wall, 1), "load_before": load_before,
-                     "load_after": [round(v, 2) for v in os.getloadavg()]})
+                     "load_after": report.load_average()})
         print(f"workers {workers}: {runs[-1]['seconds_to_target']} s to mAP@0.5 >= {args.until_map} "
               f"(epoch {runs[-1]['epoch_reached']}), load {load_before[0]} -> {runs[-1]['load_after'][0]}",
               file=sys.stderr)
@@ -194,7 +194,7 @@ def main():
     args = parser.parse_args()
     import cv2
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    figures = {"load_before": [round(v, 2) for v in os.getloadavg()], "args": vars(args)}
+    figures = {"load_before": report.load_average(), "args": vars(args)}
     train, val, dropped = group_split(BANKNOTES / "sg-manifest.manifest", RESULTS / "banknotes-split")
     figures["split"] = {"train": sum(1 for _ in open(train)), "val": sum(1 for _ in open(val)), "dropped_lines": dropped}
     if args.until_map:
